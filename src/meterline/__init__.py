@@ -1,0 +1,1 @@
+"""meterline: an LLM gateway that meters every token."""

@@ -1,0 +1,182 @@
+"""The usage event: one per upstream attempt, the single schema used by gateway, spool and stores.
+
+Everything that records, stores or reads events derives its shape from `UsageEvent` here:
+the spool encodes it as JSON lines, the stores build their tables from `COLUMNS`, and the
+Arrow schema used for batch inserts comes from `arrow_schema()`.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+import pyarrow as pa
+
+Operation = Literal["chat", "completion", "embeddings", "responses", "messages"]
+
+ERROR_CLASSES = (
+    "none",
+    "rate_limit",
+    "timeout",
+    "context_length",
+    "content_filter",
+    "auth",
+    "bad_request",
+    "not_found",
+    "server_error",
+    "network",
+    "invalid_response",
+    "budget_blocked",
+)
+
+USAGE_SOURCES = ("provider", "estimated")
+
+
+class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One upstream attempt, with its tokens, timings, outcome, price and attribution.
+
+    Token counts are normalised across providers: `input_tokens` includes cache reads and
+    writes, `output_tokens` includes reasoning; the cache and reasoning counts are subsets,
+    and `cache_write_1h_tokens` is the part of `cache_write_tokens` written with a 1-hour TTL.
+    """
+
+    event_id: str
+    request_id: str
+    attempt: int = 1
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: float
+    ttft_ms: float | None = None
+    operation: str
+    streaming: bool = False
+    provider: str
+    requested_model: str
+    upstream_model: str | None = None
+    response_model: str | None = None
+    status_code: int
+    error_class: str = "none"
+    error_message: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_source: str = "provider"
+    usage_estimator: str | None = None
+    cost_usd: float | None = None
+    price_version: str | None = None
+    cache_status: str = "none"
+    key_id: str | None = None
+    team: str | None = None
+    app: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    env: str | None = None
+    prompt_id: str | None = None
+    prompt_version: str | None = None
+    session_id: str | None = None
+    agent_run_id: str | None = None
+    agent_step: int | None = None
+    properties: dict[str, str] = {}
+    source: str = "gateway"
+
+    @property
+    def priced_model(self) -> str:
+        """The model name prices are looked up by: what answered, else what was sent upstream."""
+        return self.response_model or self.upstream_model or self.requested_model
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Column:
+    """One stored column: its name and logical type (one of the keys of `_ARROW_TYPES`)."""
+
+    name: str
+    kind: str
+    nullable: bool
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "string_map": pa.map_(pa.string(), pa.string()),
+}
+
+
+def _column_kind(annotation: object) -> tuple[str, bool]:
+    """Map a field annotation of `UsageEvent` to (logical kind, nullable)."""
+    members = set(typing.get_args(annotation)) if isinstance(annotation, types.UnionType) else {annotation}
+    nullable = type(None) in members
+    members.discard(type(None))
+    (base,) = members
+    kinds: dict[object, str] = {
+        str: "string",
+        int: "int",
+        float: "float",
+        bool: "bool",
+        datetime: "timestamp",
+        dict[str, str]: "string_map",
+    }
+    if base not in kinds:
+        raise TypeError(f"UsageEvent field type {annotation!r} has no stored column kind")
+    return kinds[base], nullable
+
+
+COLUMNS: tuple[Column, ...] = tuple(
+    Column(field.name, *_column_kind(field.type)) for field in msgspec.structs.fields(UsageEvent)
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+
+
+def arrow_schema() -> pa.Schema:
+    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.kind], nullable=c.nullable) for c in COLUMNS])
+
+
+def events_to_arrow(events: list[UsageEvent]) -> pa.Table:
+    """Turn events into one Arrow table with the canonical schema, column by column."""
+    schema = arrow_schema()
+    arrays = []
+    for column, field in zip(COLUMNS, schema, strict=True):
+        values = [getattr(event, column.name) for event in events]
+        if column.kind == "string_map":
+            values = [list(value.items()) for value in values]
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def arrow_to_events(table: pa.Table) -> list[UsageEvent]:
+    """The inverse of `events_to_arrow`, for stores that hand rows back."""
+    rows = table.to_pylist()
+    for row in rows:
+        props = row.get("properties")
+        row["properties"] = dict(props) if props else {}
+    return [UsageEvent(**row) for row in rows]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageEvent)
+
+
+def encode_event(event: UsageEvent) -> bytes:
+    """One event as a JSON line (with trailing newline), the spool's record format."""
+    return _encoder.encode(event) + b"\n"
+
+
+def decode_event(line: bytes) -> UsageEvent:
+    return _decoder.decode(line)
