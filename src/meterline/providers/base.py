@@ -1,0 +1,229 @@
+"""What every provider family implements, and the registry that finds families by `kind`.
+
+A provider family knows one wire format: which client routes it serves, how to address and
+authenticate upstream, how to validate and shape a request body, how to read usage from a
+response or a stream, and how errors look to its clients. The gateway holds no
+provider-specific knowledge; it calls these methods. Built-in families register through the
+`meterline.providers` entry point group, exactly as a third-party package would.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from meterline.config import ProviderConfig
+
+
+@dataclass
+class Usage:
+    """Normalised token counts (see `UsageEvent`): input includes cache reads/writes, output includes reasoning."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass
+class SSEEvent:
+    """One server-sent event as received: its raw bytes (forwarded as-is) and parsed fields."""
+
+    raw: bytes
+    event: str | None
+    data: str
+
+
+@dataclass
+class StreamState:
+    """What a stream meter has learned so far; read by the gateway when the stream ends."""
+
+    usage: Usage | None = None
+    response_model: str | None = None
+    finish_reason: str | None = None
+    output_text_parts: list[str] = field(default_factory=list)
+    error_message: str | None = None
+    error_class: str | None = None
+    finished: bool = False
+
+
+class StreamMeter(ABC):
+    """Reads a provider's SSE stream event by event, learning usage without delaying anything."""
+
+    def __init__(self) -> None:
+        self.state = StreamState()
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> bytes | None:
+        """Learn from one event; return the bytes to forward to the client, or None to drop it.
+
+        The event that completes the stream sets `state.finished`; the gateway records the
+        usage event before forwarding it.
+        """
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """The request the gateway will send upstream."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    injected_usage_request: bool = False
+
+
+class RequestInvalid(ValueError):
+    """A client request body is unusable; the message names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """An error to show a client, rendered in the shape of the API the client called."""
+
+    status: int
+    message: str
+    kind: str
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ProviderFamily(ABC):
+    """One configured upstream provider of a given wire-format family."""
+
+    kind: str
+    pricing_id_default: str | None = None
+    dialect: str
+    operations: frozenset[str]
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @property
+    def pricing_id(self) -> str | None:
+        return self.config.pricing_provider or self.pricing_id_default
+
+    @abstractmethod
+    def prepare(
+        self,
+        operation: str,
+        body: dict[str, Any],
+        raw_body: bytes,
+        upstream_model: str,
+        forward_headers: dict[str, str],
+    ) -> PreparedRequest:
+        """Build the upstream request: URL, auth headers, body (the client's bytes when nothing changed)."""
+
+    @abstractmethod
+    def usage_from_response(self, operation: str, payload: dict[str, Any]) -> Usage | None:
+        """Usage reported in a non-streaming response; None when the provider reported none."""
+
+    @abstractmethod
+    def response_text(self, operation: str, payload: dict[str, Any]) -> str:
+        """The generated text of a non-streaming response, for estimates when usage is missing."""
+
+    @abstractmethod
+    def finish_reason(self, operation: str, payload: dict[str, Any]) -> str | None:
+        """Why a non-streaming response stopped, as the provider says it."""
+
+    @abstractmethod
+    def stream_meter(self, operation: str, injected_usage_request: bool) -> StreamMeter:
+        """A fresh meter for one streaming response."""
+
+
+class Dialect(ABC):
+    """The client-facing side of a wire format: request validation and error shapes."""
+
+    name: str
+
+    @abstractmethod
+    def validate(self, operation: str, body: dict[str, Any]) -> None:
+        """Raise `RequestInvalid` naming the field when a known field has the wrong type."""
+
+    @abstractmethod
+    def error_body(self, error: ApiError) -> dict[str, Any]:
+        """The JSON body for `error`, in this API's documented error shape."""
+
+    @abstractmethod
+    def stream_error_event(self, error: ApiError) -> bytes:
+        """An SSE event that tells this API's clients the stream failed."""
+
+    @abstractmethod
+    def request_text(self, operation: str, body: dict[str, Any]) -> str:
+        """All prompt text in a request, for token estimates when a provider reports no usage."""
+
+    @abstractmethod
+    def request_user(self, body: dict[str, Any]) -> str | None:
+        """The end-user id a client put in the body, if this API has such a field."""
+
+    @abstractmethod
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        """The output-token cap the client asked for, if any."""
+
+
+_CONTEXT_LENGTH = re.compile(r"context.length|maximum context|prompt is too long|too many tokens", re.IGNORECASE)
+
+
+def classify_upstream_error(status: int, code: str | None, message: str) -> str:
+    """Map an upstream error response to one of the event's `error_class` values."""
+    code = (code or "").lower()
+    if status == 429:
+        return "rate_limit"
+    if status in (408, 504):
+        return "timeout"
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if "content_filter" in code or "content_policy" in code:
+        return "content_filter"
+    if code == "context_length_exceeded" or (400 <= status < 500 and _CONTEXT_LENGTH.search(message)):
+        return "context_length"
+    if status >= 500:
+        return "server_error"
+    return "bad_request"
+
+
+def error_details(payload: Any) -> tuple[str | None, str]:
+    """(code, message) from an `{"error": {...}}` body as OpenAI and Anthropic both send it."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None, ""
+    code = error.get("code") or error.get("type")
+    return (str(code) if code else None), str(error.get("message") or "")
+
+
+def int_field(container: Any, *path: str) -> int:
+    """A non-negative integer at `path` inside nested dicts, or 0 when absent or not an integer."""
+    value: Any = container
+    for key in path:
+        if not isinstance(value, dict):
+            return 0
+        value = value.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value
+
+
+@cache
+def provider_families() -> dict[str, type[ProviderFamily]]:
+    """All registered provider families by kind (built-ins and third-party packages alike)."""
+    return {entry.name: entry.load() for entry in entry_points(group="meterline.providers")}
+
+
+def build_provider(name: str, config: ProviderConfig) -> ProviderFamily:
+    families = provider_families()
+    if config.kind not in families:
+        known = ", ".join(sorted(families))
+        raise ValueError(f"providers.{name}.kind: unknown kind {config.kind!r}; known kinds: {known}")
+    return families[config.kind](name, config)
