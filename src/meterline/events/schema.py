@@ -7,9 +7,11 @@ Arrow schema used for batch inserts comes from `arrow_schema()`.
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 import types
 import typing
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -32,6 +34,7 @@ ERROR_CLASSES = (
     "network",
     "invalid_response",
     "budget_blocked",
+    "client_cancelled",
 )
 
 USAGE_SOURCES = ("provider", "estimated")
@@ -96,8 +99,36 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
         return self.response_model or self.upstream_model or self.requested_model
 
 
-def new_event_id() -> str:
-    return uuid.uuid4().hex
+class _IdSource:
+    """Unique ids without a system call each: a random 64-bit prefix per process, then a counter.
+
+    Event and request ids are made on every request; `uuid4()` reads the OS's random source each
+    time. The prefix is drawn again in a forked child so worker processes never share ids.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def new_id(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_ids = _IdSource()
+os.register_at_fork(after_in_child=_ids.reseed)
+
+
+def new_id() -> str:
+    """A 32-hex-digit id unique across processes and restarts (event ids, request ids)."""
+    return _ids.new_id()
+
+
+def new_span_id() -> str:
+    """A random non-zero 64-bit W3C span id as 16 hex digits."""
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,113 @@
+"""The Store protocol every backend implements, the event query it answers, and the registry.
+
+A store keeps raw usage events: `insert_events` takes an Arrow table with the canonical schema
+(`meterline.events.schema.arrow_schema()`) and is idempotent by `event_id`; `list_events` pages
+through events newest first with a keyset cursor. Backends register under the entry-point
+group `meterline.stores` (the built-in DuckDB store does so too) and are built with
+`store_for(config)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import entry_points
+from typing import Protocol
+
+import pyarrow as pa
+
+from meterline.config import ConfigError, StoreConfig
+from meterline.events.schema import UsageEvent
+
+MAX_PAGE_SIZE = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to list: every filter given must match; `since` is inclusive, `until` exclusive.
+
+    `model` matches the requested or the response model. Times must carry a timezone.
+    """
+
+    request_id: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    team: str | None = None
+    app: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be from 1 to {MAX_PAGE_SIZE}, got {self.limit}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of events, newest first; `next_cursor` is None on the last page."""
+
+    events: list[UsageEvent]
+    next_cursor: str | None
+
+
+class Store(Protocol):
+    """Where events are kept. Methods are synchronous and may be called from several threads."""
+
+    def open(self) -> None:
+        """Connect, and create or migrate the schema."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> bool:
+        """Whether the store answers a trivial query."""
+
+    def insert_events(self, table: pa.Table) -> int:
+        """Insert the rows whose `event_id` is not stored yet; return how many were inserted."""
+
+    def list_events(self, query: EventQuery) -> EventPage:
+        """Events matching the query, newest first (started_at desc, event_id desc).
+
+        Raises ValueError for a cursor it did not issue.
+        """
+
+    def count_events(self) -> int: ...
+
+
+def encode_cursor(started_at: datetime, event_id: str) -> str:
+    """An opaque cursor naming the last event of a page: its start time (µs since epoch) and id."""
+    micros = (started_at - _EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"{micros}:{event_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (started_at, event_id) a cursor names; ValueError if it is not one `encode_cursor` made."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, event_id = text.split(":", 1)
+        return _EPOCH + timedelta(microseconds=int(micros)), event_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        raise ValueError("the cursor is not valid: pass the next_cursor of a previous page unchanged") from None
+
+
+def store_for(config: StoreConfig) -> Store:
+    """Build the store of kind `config.kind` from the `meterline.stores` entry points (not yet opened)."""
+    registered = {entry.name: entry for entry in entry_points(group="meterline.stores")}
+    if config.kind not in registered:
+        known = ", ".join(sorted(registered)) or "none"
+        raise ConfigError(
+            f"store.kind: unknown kind {config.kind!r}; known kinds: {known} "
+            "(a third-party store registers under the entry-point group 'meterline.stores')"
+        )
+    store_class = registered[config.kind].load()
+    return store_class(config)

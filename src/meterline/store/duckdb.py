@@ -1,0 +1,224 @@
+"""The embedded default store: one DuckDB file holding the `events` table.
+
+The table's columns come from `COLUMNS` in the event schema; numbered migrations in
+`MIGRATIONS` create and evolve it and are recorded in `schema_migrations`. Migration 1 creates
+the table with the columns of the release that runs it; a column added to `UsageEvent` later
+gets one new entry, `Migration(<next>, "...", add_columns("<name>"))`, which adds it to older
+tables and fills their rows with the field's default. Opening fails with a clear message if the
+table still lacks a column after all migrations, so a forgotten migration cannot go unnoticed.
+
+Inserts are idempotent by `event_id` without a primary-key index (an ART index over tens of
+millions of events costs too much memory): a batch is deduplicated and anti-joined against the
+stored events that started no earlier than the batch's first event, which DuckDB's zone maps
+keep cheap because a replayed event always carries its original `started_at`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from meterline.config import StoreConfig
+from meterline.events.schema import COLUMN_NAMES, COLUMNS, UsageEvent, arrow_schema, arrow_to_events
+from meterline.store.base import EventPage, EventQuery, decode_cursor, encode_cursor
+
+_SQL_TYPES = {
+    "string": "VARCHAR",
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMPTZ",
+    "string_map": "MAP(VARCHAR, VARCHAR)",
+}
+_COLUMN_KINDS = {column.name: column.kind for column in COLUMNS}
+_SELECT_LIST = ", ".join(f'"{name}"' for name in COLUMN_NAMES)
+_EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider")
+
+Connection = duckdb.DuckDBPyConnection
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _column_definition(name: str) -> str:
+    return f'"{name}" {_SQL_TYPES[_COLUMN_KINDS[name]]}'
+
+
+def _create_events(cursor: Connection) -> None:
+    cursor.execute(f"CREATE TABLE events ({', '.join(_column_definition(name) for name in COLUMN_NAMES)})")
+
+
+def _field_default(name: str) -> object:
+    field = next(field for field in msgspec.structs.fields(UsageEvent) if field.name == name)
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return None if field.default is msgspec.NODEFAULT else field.default
+
+
+def add_columns(*names: str) -> Callable[[Connection], None]:
+    """A migration step adding columns of `COLUMNS` to an older events table, existing rows set to the default."""
+    unknown = [name for name in names if name not in _COLUMN_KINDS]
+    if unknown:
+        raise ValueError(f"add_columns: {unknown} are not columns of UsageEvent")
+
+    def apply(cursor: Connection) -> None:
+        for name in names:
+            cursor.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {_column_definition(name)}")
+            default = _field_default(name)
+            if default is not None:
+                cursor.execute(f'UPDATE events SET "{name}" = $value WHERE "{name}" IS NULL', {"value": default})
+
+    return apply
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the events table", _create_events),)
+
+
+class DuckDBStore:
+    """Events in one DuckDB file; safe to use from several threads (a cursor per call, one writer at a time)."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.path = config.path
+        self._connection: Connection | None = None
+        self._write_lock = threading.Lock()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = duckdb.connect(str(self.path))
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def ping(self) -> bool:
+        if self._connection is None:
+            return False
+        try:
+            with self._cursor() as cursor:
+                return cursor.execute("SELECT 1").fetchone() == (1,)
+        except duckdb.Error:
+            return False
+
+    def insert_events(self, table: pa.Table) -> int:
+        if table.num_rows == 0:
+            return 0
+        batch = table.select(list(COLUMN_NAMES)).cast(arrow_schema())
+        earliest = pc.min(batch["started_at"]).as_py()
+        has_duplicates = pc.count_distinct(batch["event_id"]).as_py() < batch.num_rows
+        source = "(SELECT DISTINCT ON (event_id) * FROM batch)" if has_duplicates else "batch"  # dedupe costs ~40%
+        with self._write_lock, self._cursor() as cursor:
+            cursor.register("batch", batch)
+            (inserted,) = cursor.execute(
+                f"""
+                INSERT INTO events ({_SELECT_LIST})
+                SELECT {_SELECT_LIST} FROM {source}
+                WHERE event_id NOT IN (SELECT event_id FROM events WHERE started_at >= $earliest)
+                """,
+                {"earliest": earliest},
+            ).fetchone()
+        return inserted
+
+    def list_events(self, query: EventQuery) -> EventPage:
+        conditions: list[str] = []
+        params: dict[str, Any] = {"limit": query.limit + 1}
+        for name in _EQUALITY_FILTERS:
+            value = getattr(query, name)
+            if value is not None:
+                conditions.append(f'"{name}" = ${name}')
+                params[name] = value
+        if query.model is not None:
+            conditions.append("(requested_model = $model OR response_model = $model)")
+            params["model"] = query.model
+        if query.since is not None:
+            conditions.append("started_at >= $since")
+            params["since"] = query.since
+        if query.until is not None:
+            conditions.append("started_at < $until")
+            params["until"] = query.until
+        if query.cursor is not None:
+            params["cursor_at"], params["cursor_id"] = decode_cursor(query.cursor)
+            conditions.append("(started_at < $cursor_at OR (started_at = $cursor_at AND event_id < $cursor_id))")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        # pick the page's rows by their sort keys first, then read all columns of just those rows
+        # (late materialization: about twice as fast on a million rows as a top-N over every column)
+        sql = f"""
+            SELECT {_SELECT_LIST} FROM events
+            WHERE rowid IN (SELECT rowid FROM events {where} ORDER BY started_at DESC, event_id DESC LIMIT $limit)
+            ORDER BY started_at DESC, event_id DESC
+        """
+        with self._cursor() as cursor:
+            rows = cursor.sql(sql, params=params).to_arrow_table()
+        events = arrow_to_events(rows.cast(arrow_schema()))
+        if len(events) <= query.limit:
+            return EventPage(events, None)
+        events = events[: query.limit]
+        return EventPage(events, encode_cursor(events[-1].started_at, events[-1].event_id))
+
+    def count_events(self) -> int:
+        with self._cursor() as cursor:
+            (count,) = cursor.execute("SELECT count(*) FROM events").fetchone()
+        return count
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Connection]:
+        if self._connection is None:
+            raise RuntimeError(f"the DuckDB store {self.path} is not open")
+        cursor = self._connection.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
+    def _migrate(self) -> None:
+        with self._write_lock, self._cursor() as cursor:
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMPTZ DEFAULT now())"
+            )
+            applied = {version for (version,) in cursor.execute("SELECT version FROM schema_migrations").fetchall()}
+            newest_known = max(migration.version for migration in MIGRATIONS)
+            if applied and max(applied) > newest_known:
+                raise RuntimeError(
+                    f"{self.path} was migrated to schema version {max(applied)} by a newer meterline; "
+                    f"this one knows up to version {newest_known}: upgrade meterline"
+                )
+            for migration in sorted(MIGRATIONS, key=lambda migration: migration.version):
+                if migration.version in applied:
+                    continue
+                cursor.execute("BEGIN TRANSACTION")
+                try:
+                    migration.apply(cursor)
+                    cursor.execute(
+                        "INSERT INTO schema_migrations (version, description) VALUES ($version, $description)",
+                        {"version": migration.version, "description": migration.description},
+                    )
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+            stored = {name for (name,) in cursor.execute("SELECT name FROM pragma_table_info('events')").fetchall()}
+        missing = [name for name in COLUMN_NAMES if name not in stored]
+        if missing:
+            raise RuntimeError(
+                f"the events table in {self.path} lacks column(s) {', '.join(missing)}: add "
+                f"Migration({newest_known + 1}, ..., add_columns({', '.join(map(repr, missing))})) "
+                "to MIGRATIONS in meterline/store/duckdb.py"
+            )
