@@ -1,0 +1,255 @@
+"""Gateway benchmark: throughput, added latency, memory and metering completeness. Prints numbers only.
+
+Setup on this 2-core machine: the gateway (full metering: spool + DuckDB loader) is pinned to
+core 0; the mock provider and the load generator (a separate process running an asyncio
+aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay):
+
+1. throughput: closed loop, fixed concurrency, for a few seconds, through the gateway (and
+   straight to the mock, as the ceiling of the load generator + mock on their core);
+2. added latency: open loop at half the measured gateway throughput, direct vs through the
+   gateway, p50/p99 of each and the difference;
+3. the gateway's RSS, and events stored (counted in the DuckDB file after a graceful stop) vs
+   requests the gateway answered.
+
+If LiteLLM's proxy is installed (`pip install 'litellm[proxy]'`) the same throughput run is
+made against it and the ratio printed.
+
+Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KEY = "bench-master-key"
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark me please"}]})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(args: list[str], cwd: Path, core: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = (cwd / f"{args[0]}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meterline", *args], cwd=cwd, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+    )
+    os.sched_setaffinity(process.pid, {core})
+    return process
+
+
+def wait_healthy(url: str, timeout_s: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+# ---- load generator (runs in its own process) --------------------------------------------------
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    done = failed = 0
+    stop_at = time.monotonic() + seconds
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done, failed
+        while time.monotonic() < stop_at:
+            async with session.post(url, data=BODY, headers=headers) as reply:
+                await reply.read()
+                if reply.status == 200:
+                    done += 1
+                else:
+                    failed += 1
+
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return {"ok": done, "failed": failed, "rps": done / (time.monotonic() - started)}
+
+
+async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    latencies: list[float] = []
+    failed = 0
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal failed
+        began = time.perf_counter()
+        async with session.post(url, data=BODY, headers=headers) as reply:
+            await reply.read()
+            if reply.status != 200:
+                failed += 1
+        latencies.append((time.perf_counter() - began) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        count = int(rate * seconds)
+        began = time.perf_counter()
+        for index in range(count):
+            delay = began + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(session)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "ok": len(latencies) - failed,
+        "failed": failed,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, float]:
+    """Run the load generator in a separate process pinned to core 1; returns its JSON result."""
+    command = [sys.executable, __file__, "--load", mode, url, str(value), str(seconds)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    os.sched_setaffinity(process.pid, {1})
+    out, _ = process.communicate()
+    return json.loads(out)
+
+
+# ---- the benchmark -----------------------------------------------------------------------------
+
+
+def gateway_config(port: int, mock_port: int) -> str:
+    return (
+        f"server: {{host: 127.0.0.1, port: {port}, master_key: {KEY}}}\n"
+        "store: {kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool}\n"
+        f"providers:\n  openai: {{kind: openai, base_url: http://127.0.0.1:{mock_port}/v1, api_key: k}}\n"
+        "models:\n  - {name: gpt-4o-mini, provider: openai}\n"
+    )
+
+
+def stored_events(db_path: Path) -> int:
+    import duckdb
+
+    with duckdb.connect(str(db_path), read_only=True) as connection:
+        return connection.execute("select count(*) from events").fetchone()[0]  # type: ignore[index]
+
+
+def litellm_throughput(mock_port: int, concurrency: int, seconds: float, folder: Path) -> float | None:
+    litellm = shutil.which("litellm")
+    if litellm is None:
+        return None
+    port = free_port()
+    (folder / "litellm.yaml").write_text(
+        "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
+        f"      api_base: http://127.0.0.1:{mock_port}/v1\n      api_key: k\n"
+        f"general_settings:\n  master_key: {KEY}\n"
+    )
+    log = (folder / "litellm.log").open("wb")
+    process = subprocess.Popen(
+        [litellm, "--config", "litellm.yaml", "--port", str(port)], cwd=folder, stdout=log, stderr=log
+    )
+    os.sched_setaffinity(process.pid, {0})
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", timeout_s=120)
+        run_load("closed", f"http://127.0.0.1:{port}/v1/chat/completions", concurrency, 2)
+        return run_load("closed", f"http://127.0.0.1:{port}/v1/chat/completions", concurrency, seconds)["rps"]
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def bench(latency_ms: float, seconds: float) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
+    mock_port, port = free_port(), free_port()
+    mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
+    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port))
+    gateway = start(["serve", "--config", "meterline.yaml"], folder, core=0)
+    direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+    gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    concurrency = 64 if latency_ms == 0 else max(64, int(3000 * latency_ms / 1000))
+    served = 0
+    try:
+        wait_healthy(f"http://127.0.0.1:{mock_port}")
+        wait_healthy(f"http://127.0.0.1:{port}")
+        served += run_load("closed", gateway_url, 16, 2)["ok"]  # warm-up
+        through = run_load("closed", gateway_url, concurrency, seconds)
+        served += through["ok"]
+        ceiling = run_load("closed", direct_url, concurrency, seconds)
+        rate = through["rps"] / 2
+        direct = run_load("open", direct_url, rate, seconds)
+        via = run_load("open", gateway_url, rate, seconds)
+        served += via["ok"]
+        rss, peak = rss_mb(gateway.pid)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=60)
+    stored = stored_events(folder / "data" / "meterline.duckdb")
+    litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder)
+    mock.terminate()
+    mock.wait()
+
+    print(f"\n== upstream latency {latency_ms:g} ms, gateway on 1 core, concurrency {concurrency} ==")
+    print(f"gateway throughput:     {through['rps']:8.0f} req/s  ({through['failed']:.0f} failed)")
+    print(f"direct to mock (limit): {ceiling['rps']:8.0f} req/s  (load generator + mock on the other core)")
+    print(f"latency at {rate:.0f} req/s:  direct p50 {direct['p50']:.2f} ms p99 {direct['p99']:.2f} ms")
+    print(f"                        gateway p50 {via['p50']:.2f} ms p99 {via['p99']:.2f} ms")
+    print(f"added latency:          p50 {via['p50'] - direct['p50']:.2f} ms, p99 {via['p99'] - direct['p99']:.2f} ms")
+    print(f"gateway RSS:            {rss:.0f} MB now, {peak:.0f} MB peak")
+    print(f"events stored / served: {stored} / {served}  ({'equal' if stored == served else 'MISMATCH'})")
+    if litellm_rps is None:
+        print("litellm:                not installed (pip install 'litellm[proxy]' to compare)")
+    else:
+        print(
+            f"litellm throughput:     {litellm_rps:8.0f} req/s; meterline/litellm = {through['rps'] / litellm_rps:.1f}x"
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        mode, url, value, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+        runner = closed_loop(url, int(value), seconds) if mode == "closed" else open_loop(url, value, seconds)
+        try:
+            import uvloop
+
+            result = uvloop.run(runner)
+        except ImportError:
+            result = asyncio.run(runner)
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
+    args = parser.parse_args()
+    for latency_ms in args.latency_ms:
+        bench(latency_ms, args.seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Turns a finished upstream attempt into a priced `UsageEvent` and hands it to the spool.
+
+`CallContext` holds what is known about one logical request before it goes upstream;
+`Recorder.record` builds the event for one attempt, prices it from the price table at the
+attempt's start time, and appends it to the spool (one write to the OS) before the client
+gets the end of its response.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from meterline.events.schema import UsageEvent, new_id, new_span_id
+from meterline.events.spool import SpoolWriter
+from meterline.gateway.attribution import Attribution
+from meterline.gateway.auth import Identity
+from meterline.pricing.table import PriceTable
+from meterline.providers.base import Dialect, StreamState, Usage
+from meterline.providers.estimate import estimate_tokens, estimator_name
+
+
+@dataclass
+class CallContext:
+    """One logical request as the gateway accepted it."""
+
+    operation: str
+    dialect: Dialect
+    body: dict[str, Any]
+    identity: Identity
+    attribution: Attribution
+    provider: str = ""
+    requested_model: str = ""
+    upstream_model: str = ""
+    streaming: bool = False
+    request_id: str = field(default_factory=new_id)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_perf: float = field(default_factory=time.perf_counter)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_perf) * 1000
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended."""
+
+    status_code: int
+    usage: Usage | None = None
+    estimated: bool = False
+    error_class: str = "none"
+    error_message: str | None = None
+    response_model: str | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+
+
+def estimated_usage(call: CallContext, reported: Usage | None, output_text: str) -> Usage:
+    """Fill in what the provider did not report: input from the request text, output from what was seen."""
+    usage = reported or Usage()
+    if usage.input_tokens == 0:
+        usage.input_tokens = estimate_tokens(call.dialect.request_text(call.operation, call.body))
+    usage.output_tokens = max(usage.output_tokens, estimate_tokens(output_text))
+    return usage
+
+
+def outcome_of_stream(call: CallContext, state: StreamState, status_code: int, ttft_ms: float | None) -> Outcome:
+    """The outcome of a stream from what its meter saw; usage is estimated unless the stream completed."""
+    complete = state.finished and state.usage is not None
+    return Outcome(
+        status_code=status_code,
+        usage=state.usage if complete else estimated_usage(call, state.usage, "".join(state.output_text_parts)),
+        estimated=not complete,
+        error_class=state.error_class or "none",
+        error_message=state.error_message,
+        response_model=state.response_model,
+        finish_reason=state.finish_reason,
+        ttft_ms=ttft_ms,
+    )
+
+
+class Recorder:
+    def __init__(self, price_table: PriceTable, spool: SpoolWriter) -> None:
+        self.price_table = price_table
+        self.spool = spool
+
+    def record(self, call: CallContext, outcome: Outcome, attempt: int = 1) -> UsageEvent:
+        usage = outcome.usage or Usage()
+        attribution = call.attribution
+        duration_ms = call.elapsed_ms()
+        event = UsageEvent(
+            event_id=new_id(),
+            request_id=call.request_id,
+            attempt=attempt,
+            trace_id=attribution.trace_id,
+            span_id=new_span_id(),
+            parent_span_id=attribution.parent_span_id,
+            started_at=call.started_at,
+            ended_at=call.started_at + timedelta(milliseconds=duration_ms),
+            duration_ms=round(duration_ms, 3),
+            ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 3),
+            operation=call.operation,
+            streaming=call.streaming,
+            provider=call.provider,
+            requested_model=call.requested_model,
+            upstream_model=call.upstream_model,
+            response_model=outcome.response_model,
+            status_code=outcome.status_code,
+            error_class=outcome.error_class,
+            error_message=outcome.error_message,
+            finish_reason=outcome.finish_reason,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_source="estimated" if outcome.estimated else "provider",
+            usage_estimator=estimator_name() if outcome.estimated else None,
+            key_id=call.identity.key_id,
+            team=attribution.team or call.identity.team,
+            app=attribution.app or call.identity.app,
+            user=attribution.user or call.identity.user,
+            feature=attribution.feature,
+            env=attribution.env,
+            prompt_id=attribution.prompt_id,
+            prompt_version=attribution.prompt_version,
+            session_id=attribution.session_id,
+            agent_run_id=attribution.agent_run_id,
+            agent_step=attribution.agent_step,
+            properties=attribution.properties,
+        )
+        priced = self.price_table.price_event(event)
+        if priced is not None:
+            event.cost_usd = priced.cost_usd
+            event.price_version = priced.price_version
+        self.spool.append(event)
+        return event

@@ -1,0 +1,427 @@
+"""The proxy: accepts OpenAI- and Anthropic-style calls, forwards them upstream, meters each attempt.
+
+For every call: authenticate, read and validate the body, read attribution, resolve the model
+to a provider, forward, and record one usage event per upstream attempt. Non-streaming
+responses are returned byte for byte with `x-meterline-request-id` and `x-meterline-cost-usd`
+headers. Streams are forwarded event by event as they arrive; the event that completes a
+stream is held until the usage event is in the spool, and is preceded by an SSE comment
+`: x-meterline-cost-usd=<cost>` (SSE clients ignore comments). Every error a client sees is in
+the shape of the API it called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from meterline.config import Config
+from meterline.gateway.attribution import AttributionError, attribution_from_headers, is_meterline_header
+from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
+from meterline.gateway.metering import CallContext, Outcome, Recorder, estimated_usage, outcome_of_stream
+from meterline.gateway.sse import SSESplitter
+from meterline.providers.anthropic import AnthropicDialect
+from meterline.providers.base import (
+    ApiError,
+    Dialect,
+    ProviderFamily,
+    RequestInvalid,
+    classify_upstream_error,
+    error_details,
+)
+from meterline.providers.openai import OpenAIDialect
+
+REQUEST_ID_HEADER = "x-meterline-request-id"
+COST_HEADER = "x-meterline-cost-usd"
+UNPRICED = "unpriced"
+
+# client headers that are about this hop, carry the client's credentials, or are meterline's own
+_NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+    }
+)
+# upstream response headers that describe the upstream hop, not the content we pass on
+_NOT_RETURNED = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
+)
+
+OPENAI = OpenAIDialect()
+ANTHROPIC = AnthropicDialect()
+
+
+class ClientError(Exception):
+    """A request refused before it reaches a provider."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in headers.items()
+        if name.lower() not in _NOT_FORWARDED and not is_meterline_header(name)
+    }
+
+
+def returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name.lower() not in _NOT_RETURNED}
+
+
+def format_cost(cost_usd: float | None) -> str:
+    return UNPRICED if cost_usd is None else f"{cost_usd:.10f}".rstrip("0").rstrip(".") or "0"
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        providers: dict[str, ProviderFamily],
+        authenticator: Authenticator,
+        recorder: Recorder,
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.authenticator = authenticator
+        self.recorder = recorder
+        self.session: aiohttp.ClientSession | None = None
+        self._timeouts = {
+            name: aiohttp.ClientTimeout(
+                total=provider.config.timeout.total_s,
+                sock_connect=provider.config.timeout.connect_s,
+                sock_read=provider.config.timeout.first_byte_s,
+            )
+            for name, provider in providers.items()
+        }
+
+    def routes(self) -> list[web.RouteDef]:
+        def handler(dialect: Dialect, operation: str):  # type: ignore[no-untyped-def]
+            async def handle(request: web.Request) -> web.StreamResponse:
+                return await self.proxy(request, dialect, operation)
+
+            return handle
+
+        return [
+            web.post("/v1/chat/completions", handler(OPENAI, "chat")),
+            web.post("/v1/completions", handler(OPENAI, "completion")),
+            web.post("/v1/embeddings", handler(OPENAI, "embeddings")),
+            web.post("/v1/responses", handler(OPENAI, "responses")),
+            web.post("/v1/messages", handler(ANTHROPIC, "messages")),
+            web.post("/v1/messages/count_tokens", handler(ANTHROPIC, "count_tokens")),
+            web.get("/v1/models", self.list_models),
+        ]
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ---- client side -------------------------------------------------------------------------
+
+    def error_response(self, dialect: Dialect, error: ApiError, request_id: str | None = None) -> web.Response:
+        headers = dict(error.headers)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        return web.Response(
+            status=error.status,
+            body=orjson.dumps(dialect.error_body(error)),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def authenticate(self, request: web.Request) -> Identity:
+        api_key = api_key_from_headers(request.headers)
+        if api_key is None:
+            raise ClientError(
+                ApiError(
+                    401, "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'", "missing_api_key"
+                )
+            )
+        identity = self.authenticator.authenticate(api_key)
+        if identity is None:
+            raise ClientError(ApiError(401, "invalid API key", "invalid_api_key"))
+        return identity
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        limit_mb = self.config.server.max_body_mb
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise ClientError(
+                ApiError(413, f"request body is larger than the gateway's limit of {limit_mb:g} MB", "body_too_large")
+            ) from exc
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ClientError(ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json")) from exc
+        if not isinstance(body, dict):
+            raise ClientError(ApiError(400, "request body must be a JSON object", "invalid_json"))
+        return raw, body
+
+    def resolve(self, call: CallContext, requested_model: str) -> ProviderFamily:
+        model = self.config.model(requested_model)
+        if model is None:
+            names = ", ".join(m.name for m in self.config.models) or "none"
+            raise ClientError(
+                ApiError(
+                    404,
+                    f"model '{requested_model}' is not configured on this gateway; configured models: {names}",
+                    "model_not_found",
+                    param="model",
+                )
+            )
+        provider = self.providers[model.provider]
+        if provider.dialect != call.dialect.name or call.operation not in provider.operations:
+            raise ClientError(
+                ApiError(
+                    400,
+                    f"model '{requested_model}' is served by provider '{model.provider}' ({provider.kind}), "
+                    f"which does not accept this endpoint's {call.dialect.name} '{call.operation}' format",
+                    "unsupported_endpoint",
+                    param="model",
+                )
+            )
+        call.provider = model.provider
+        call.requested_model = requested_model
+        call.upstream_model = model.upstream_name
+        return provider
+
+    async def accept(self, request: web.Request, dialect: Dialect, operation: str) -> tuple[CallContext, bytes]:
+        identity = self.authenticate(request)
+        raw, body = await self.read_body(request)
+        try:
+            dialect.validate(operation, body)
+            attribution = attribution_from_headers(request.headers)
+        except RequestInvalid as exc:
+            raise ClientError(ApiError(400, str(exc), "invalid_request", param=exc.param)) from exc
+        except AttributionError as exc:
+            raise ClientError(ApiError(400, str(exc), "invalid_header", param=exc.header)) from exc
+        attribution.user = attribution.user or dialect.request_user(body)
+        call = CallContext(
+            operation=operation,
+            dialect=dialect,
+            body=body,
+            identity=identity,
+            attribution=attribution,
+            streaming=body.get("stream") is True,
+        )
+        return call, raw
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        anthropic_client = "anthropic-version" in request.headers
+        dialect = ANTHROPIC if anthropic_client else OPENAI
+        try:
+            self.authenticate(request)
+        except ClientError as exc:
+            return self.error_response(dialect, exc.error)
+        if anthropic_client:
+            data = [
+                {"type": "model", "id": m.name, "display_name": m.name, "created_at": "1970-01-01T00:00:00Z"}
+                for m in self.config.models
+            ]
+            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+            payload: dict[str, Any] = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        else:
+            data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in self.config.models]
+            payload = {"object": "list", "data": data}
+        return web.json_response(payload, dumps=lambda value: orjson.dumps(value).decode())
+
+    # ---- the call ----------------------------------------------------------------------------
+
+    async def proxy(self, request: web.Request, dialect: Dialect, operation: str) -> web.StreamResponse:
+        try:
+            call, raw = await self.accept(request, dialect, operation)
+            provider = self.resolve(call, call.body["model"])
+        except ClientError as exc:
+            return self.error_response(dialect, exc.error)
+        prepared = provider.prepare(operation, call.body, raw, call.upstream_model, forward_headers(request.headers))
+        assert self.session is not None, "Gateway.start() was not awaited"
+        try:
+            upstream = await self.session.post(
+                prepared.url, data=prepared.body, headers=prepared.headers, timeout=self._timeouts[call.provider]
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self.upstream_unreachable(call, exc)
+        async with upstream:
+            if operation == "count_tokens":
+                return await self.pass_through(call, upstream)
+            is_stream = upstream.content_type == "text/event-stream"
+            if call.streaming and upstream.status < 400 and is_stream:
+                return await self.stream(request, call, provider, upstream, prepared.injected_usage_request)
+            return await self.complete(call, provider, upstream)
+
+    def upstream_unreachable(self, call: CallContext, exc: BaseException) -> web.Response:
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            error = ApiError(504, f"provider '{call.provider}' did not answer in time", "upstream_timeout")
+            error_class = "timeout"
+        else:
+            error = ApiError(502, f"provider '{call.provider}' could not be reached: {exc}", "upstream_unreachable")
+            error_class = "network"
+        outcome = Outcome(status_code=error.status, error_class=error_class, error_message=error.message)
+        self.recorder.record(call, outcome)
+        return self.error_response(call.dialect, error, call.request_id)
+
+    async def pass_through(self, call: CallContext, upstream: aiohttp.ClientResponse) -> web.Response:
+        """Token counting costs nothing and is not metered: relay the provider's answer."""
+        try:
+            body = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = ApiError(502, f"provider '{call.provider}' broke off its response: {exc}", "upstream_truncated")
+            return self.error_response(call.dialect, error, call.request_id)
+        headers = returned_headers(upstream.headers)
+        headers[REQUEST_ID_HEADER] = call.request_id
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    async def complete(
+        self, call: CallContext, provider: ProviderFamily, upstream: aiohttp.ClientResponse
+    ) -> web.Response:
+        """A non-streaming response: read it whole, meter it, return it unchanged."""
+        try:
+            body = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            error = ApiError(
+                504 if timed_out else 502,
+                f"provider '{call.provider}' broke off its response: {exc or 'timed out'}",
+                "upstream_timeout" if timed_out else "upstream_truncated",
+            )
+            return self.failed(call, error, "timeout" if timed_out else "invalid_response")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            error = ApiError(
+                502,
+                f"provider '{call.provider}' returned HTTP {upstream.status} with a body that is not a JSON object",
+                "upstream_invalid_response",
+            )
+            return self.failed(call, error, "invalid_response")
+        if upstream.status >= 400:
+            code, message = error_details(payload)
+            outcome = Outcome(
+                status_code=upstream.status,
+                error_class=classify_upstream_error(upstream.status, code, message),
+                error_message=message[:500] or None,
+            )
+        else:
+            usage = provider.usage_from_response(call.operation, payload)
+            outcome = Outcome(
+                status_code=upstream.status,
+                usage=usage or estimated_usage(call, None, provider.response_text(call.operation, payload)),
+                estimated=usage is None,
+                response_model=payload.get("model") if isinstance(payload.get("model"), str) else None,
+                finish_reason=provider.finish_reason(call.operation, payload),
+            )
+        event = self.recorder.record(call, outcome)
+        headers = returned_headers(upstream.headers)
+        headers[REQUEST_ID_HEADER] = call.request_id
+        headers[COST_HEADER] = format_cost(event.cost_usd)
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    def failed(self, call: CallContext, error: ApiError, error_class: str) -> web.Response:
+        self.recorder.record(
+            call, Outcome(status_code=error.status, error_class=error_class, error_message=error.message)
+        )
+        return self.error_response(call.dialect, error, call.request_id)
+
+    async def stream(
+        self,
+        request: web.Request,
+        call: CallContext,
+        provider: ProviderFamily,
+        upstream: aiohttp.ClientResponse,
+        injected_usage_request: bool,
+    ) -> web.StreamResponse:
+        """Forward a stream event by event; record its usage before its completing event goes out."""
+        headers = returned_headers(upstream.headers)
+        headers[REQUEST_ID_HEADER] = call.request_id
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        meter = provider.stream_meter(call.operation, injected_usage_request)
+        splitter = SSESplitter()
+        held: list[bytes] = []
+        ttft_ms: float | None = None
+        recorded = False
+        upstream_error: ApiError | None = None
+        error_class: str | None = None
+
+        def record(status_code: int, cls: str | None = None, message: str | None = None) -> float | None:
+            nonlocal recorded
+            recorded = True
+            outcome = outcome_of_stream(call, meter.state, status_code, ttft_ms)
+            if cls is not None:
+                outcome.error_class, outcome.error_message = cls, message
+            return self.recorder.record(call, outcome).cost_usd
+
+        try:
+            try:
+                async for chunk in upstream.content.iter_any():
+                    for event in splitter.feed(chunk):
+                        if not event.data:
+                            await response.write(event.raw)
+                            continue
+                        out = meter.feed(event)
+                        if ttft_ms is None:
+                            ttft_ms = call.elapsed_ms()
+                        if out is None:
+                            continue
+                        if meter.state.finished:
+                            held.append(out)
+                        else:
+                            await response.write(out)
+            except TimeoutError:
+                upstream_error = ApiError(504, f"provider '{call.provider}' stalled mid-stream", "upstream_timeout")
+                error_class = "timeout"
+            except aiohttp.ClientError as exc:
+                upstream_error = ApiError(
+                    502, f"provider '{call.provider}' broke off the stream: {exc}", "upstream_truncated"
+                )
+                error_class = "network"
+            if upstream_error is None and not meter.state.finished and meter.state.error_class is None:
+                upstream_error = ApiError(
+                    502, f"provider '{call.provider}' ended the stream before it was complete", "upstream_truncated"
+                )
+                error_class = "invalid_response"
+            if upstream_error is not None:
+                record(upstream_error.status, error_class, upstream_error.message)
+                await response.write(call.dialect.stream_error_event(upstream_error))
+            elif not meter.state.finished:  # the provider's own error event has been forwarded already
+                record(upstream.status)
+            else:
+                cost = record(upstream.status)
+                await response.write(f": {COST_HEADER}={format_cost(cost)}\n\n".encode())
+                for out in held:
+                    await response.write(out)
+            await response.write_eof()
+        except ConnectionResetError:
+            if not recorded:
+                record(499, "client_cancelled", "the client closed the connection mid-stream")
+        finally:
+            if not recorded:  # cancelled: record what was seen before the task ended
+                record(499, "client_cancelled", "the request was cancelled mid-stream")
+        return response

@@ -1,0 +1,186 @@
+"""Shared fixtures: real `meterline` processes (mock provider, gateway) on free local ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+MASTER_KEY = "mlk-test-master-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    """A `meterline` child process whose output goes to a log file."""
+
+    args: list[str]
+    cwd: Path
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_text: str = "listening", timeout_s: float = 60) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "meterline", *self.args],
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+            )
+        seen = self.log_path.stat().st_size if self.log_path.exists() else 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ready_text in self.log_path.read_text(errors="replace")[seen:] or self._answers():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"meterline {' '.join(self.args)} did not start:\n{self.log_text()}")
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(self.url + "/health", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=60)
+
+
+@dataclass
+class GatewayService(Service):
+    data_dir: Path = Path()
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {MASTER_KEY}", **extra}
+
+    def events(self, expected: int = 1, timeout_s: float = 15, **filters: Any) -> list[dict[str, Any]]:
+        """Stored events matching `filters`, waiting until at least `expected` have been loaded."""
+        params = {"limit": "1000", **{name: str(value) for name, value in filters.items()}}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = httpx.get(self.url + "/api/v1/events", params=params, headers=self.headers(), timeout=10)
+            reply.raise_for_status()
+            data = reply.json()["data"]
+            if len(data) >= expected or time.monotonic() > deadline:
+                return data
+            time.sleep(0.05)
+
+    def openai(self, **options: Any):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=MASTER_KEY, max_retries=0, **options)
+
+    def async_openai(self, **options: Any):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=MASTER_KEY, max_retries=0, **options)
+
+    def anthropic(self, **options: Any):  # type: ignore[no-untyped-def]
+        import anthropic
+
+        return anthropic.Anthropic(base_url=self.url, api_key=MASTER_KEY, max_retries=0, **options)
+
+
+def gateway_config(
+    mock_url: str, port: int, extra_providers: str = "", extra_models: str = "", pricing: str = ""
+) -> str:
+    return f"""
+server: {{host: 127.0.0.1, port: {port}, master_key: ${{TEST_MASTER_KEY}}, max_body_mb: 1}}
+store: {{kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool, flush_interval_ms: 50}}
+{pricing}
+providers:
+  openai:    {{kind: openai, base_url: {mock_url}/v1, api_key: provider-openai-secret}}
+  anthropic: {{kind: anthropic, base_url: {mock_url}, api_key: provider-anthropic-secret}}
+  local:     {{kind: openai_compatible, base_url: {mock_url}/v1}}
+{extra_providers}
+models:
+  - {{name: gpt-4o-mini, provider: openai}}
+  - {{name: gpt-4o, provider: openai}}
+  - {{name: fast, provider: openai, upstream_model: gpt-4o-mini}}
+  - {{name: text-embedding-3-small, provider: openai}}
+  - {{name: claude-sonnet-4-5, provider: anthropic}}
+  - {{name: claude-haiku-4-5, provider: anthropic}}
+  - {{name: llama-local, provider: local}}
+{extra_models}
+"""
+
+
+@pytest.fixture(scope="session")
+def mock_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    folder = tmp_path_factory.mktemp("mock")
+    port = free_port()
+    service = Service(["mock-provider", "--port", str(port)], folder, port, folder / "mock.log")
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def make_gateway(mock_provider: Service, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Start a gateway with the test config (plus extras); stopped at the end of the session."""
+    started: list[GatewayService] = []
+
+    def make(**config_extras: str) -> GatewayService:
+        folder = tmp_path_factory.mktemp("gateway")
+        port = free_port()
+        (folder / "meterline.yaml").write_text(gateway_config(mock_provider.url, port, **config_extras))
+        service = GatewayService(
+            ["serve", "--config", "meterline.yaml"],
+            folder,
+            port,
+            folder / "gateway.log",
+            env={"TEST_MASTER_KEY": MASTER_KEY},
+            data_dir=folder / "data",
+        )
+        service.start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        if service.process is not None and service.process.poll() is None:
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(make_gateway) -> GatewayService:  # type: ignore[no-untyped-def]
+    return make_gateway()
+
+
+@pytest.fixture
+def mock_requests(mock_provider: Service):  # type: ignore[no-untyped-def]
+    """The requests the mock provider received during the test, read from its debug endpoint."""
+    httpx.delete(mock_provider.url + "/_mock/requests")
+
+    def received() -> list[dict[str, Any]]:
+        return httpx.get(mock_provider.url + "/_mock/requests").json()
+
+    return received
