@@ -182,6 +182,16 @@ def test_bad_config_fails_fast_naming_the_field(tmp_path) -> None:  # type: igno
         assert "Traceback" not in result.stderr
 
 
+def test_second_server_on_the_same_store_is_refused_clearly(gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store_path = gateway.data_dir / "meterline.duckdb"
+    (tmp_path / "second.yaml").write_text(
+        f"server: {{master_key: abcdefghij, port: 1}}\nstore: {{path: {store_path}, spool_dir: {tmp_path / 'spool'}}}\n"
+    )
+    result = run_cli("serve", "--config", "second.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "one writing process" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_prices_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     shown = run_cli("prices", "show", "claude-sonnet-4-5", "--provider", "anthropic", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr

@@ -241,11 +241,18 @@ class FlakyStore:
         self.down = True
         self.failed_inserts = 0
 
-    def insert_events(self, table: pa.Table) -> int:
+    def check_up(self) -> None:
         if self.down:
             self.failed_inserts += 1
             raise ConnectionError("store is down")
+
+    def insert_events(self, table: pa.Table) -> int:
+        self.check_up()
         return self.store.insert_events(table)
+
+    def load_segments(self, paths: list[Path]) -> int:
+        self.check_up()
+        return self.store.load_segments(paths)
 
 
 def test_events_wait_in_the_spool_while_the_store_is_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -57,6 +57,7 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     Point clients at it by changing only their base URL and key, e.g. OpenAI's
     base_url=http://127.0.0.1:4000/v1 or Anthropic's base_url=http://127.0.0.1:4000.
     """
+    from meterline.server import StartupError
     from meterline.server import serve as run_server
 
     config = _load(config_path)
@@ -66,7 +67,7 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
         config.server.port = port
     try:
         run_server(config)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

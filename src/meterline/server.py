@@ -7,7 +7,6 @@ store, gateway, web); only the CLI imports it.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiohttp import web
 
@@ -22,7 +21,9 @@ from meterline.providers.base import build_provider
 from meterline.store.base import store_for
 from meterline.web.api import Api
 
-log = logging.getLogger("meterline.server")
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says what to fix."""
 
 
 def build_app(config: Config) -> web.Application:
@@ -56,7 +57,13 @@ def build_app(config: Config) -> web.Application:
     app.add_routes(api.routes())
 
     async def start(_: web.Application) -> None:
-        await asyncio.to_thread(store.open)
+        try:
+            await loader.open_store()
+        except Exception as exc:
+            raise StartupError(
+                f"cannot open the {config.store.kind} store at {config.store.path}: {exc} "
+                "(a DuckDB file admits one writing process: is another `meterline serve` using it?)"
+            ) from exc
         await loader.start()
         await gateway.start()
 

@@ -2,11 +2,16 @@
 
 Two asyncio tasks run beside the gateway. One fsyncs the spool every `fsync_interval_s` (in a
 worker thread). The other, every `flush_interval_s`, rotates the spool (cheap, on the loop) and
-loads the closed segments in a worker thread: up to `batch_size` events per Arrow table and
-`insert_events` call, and a segment is deleted only after all its events are committed. If the
+loads the closed segments in a worker thread: up to `batch_bytes` of segments per call to the
+store's native `load_segments` (Python decoding only for segments with a torn or corrupt line),
+and a segment is deleted only after its events are committed. If the
 store fails, the segments stay, one warning is logged, and loading is retried with backoff (up
 to `MAX_BACKOFF_S`); appends never wait for any of this. Inserts are idempotent by `event_id`,
 so a segment replayed after a crash double-counts nothing.
+
+Store writes run on one thread of the lowest CPU priority, and the store is opened from it (so a
+store's own worker threads inherit that priority): loading competes with nothing the gateway
+does on the request path, even on a single core.
 """
 
 from __future__ import annotations
@@ -14,18 +19,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from meterline.events.schema import UsageEvent, events_to_arrow
 from meterline.events.spool import SpoolWriter, read_segment
-from meterline.store.base import Store
+from meterline.store.base import SegmentFormatError, Store
 
 log = logging.getLogger("meterline.loader")
 
+WRITER_NICE = 19  # the store writer thread yields the CPU to the gateway's event loop
+
+
+def _lower_thread_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux applies `setpriority` per thread)."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+
+
+T = TypeVar("T")
+
 MAX_BACKOFF_S = 5.0
-BATCH_SIZE = 50_000
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 class SpoolLoader:
@@ -38,13 +59,13 @@ class SpoolLoader:
         *,
         flush_interval_s: float,
         fsync_interval_s: float,
-        batch_size: int = BATCH_SIZE,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.writer = writer
         self.store = store
         self.flush_interval_s = flush_interval_s
         self.fsync_interval_s = fsync_interval_s
-        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.loaded_events = 0  # rows inserted since start (replayed duplicates not counted)
         self.quarantined_lines = 0  # undecodable spool lines moved to quarantine since start
         self.last_load_at: datetime | None = None  # when events were last committed to the store
@@ -54,6 +75,7 @@ class SpoolLoader:
         self._fsync_failing = False
         self._load_lock = threading.Lock()  # one load pass at a time, even if a cancelled one still runs
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer_thread = ThreadPoolExecutor(1, "meterline-store-writer", initializer=_lower_thread_priority)
 
     @property
     def pending_bytes(self) -> int:
@@ -62,6 +84,13 @@ class SpoolLoader:
     @property
     def oldest_pending_age_s(self) -> float:
         return self.writer.oldest_pending_age_s
+
+    async def open_store(self) -> None:
+        """Open the store from the writer thread, so threads the store starts inherit its low priority."""
+        await self._in_writer_thread(self.store.open)
+
+    async def _in_writer_thread(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, function, *args)
 
     async def start(self) -> None:
         """Load what earlier processes left in the spool, then start the fsync and load loops."""
@@ -76,7 +105,7 @@ class SpoolLoader:
         """Rotate the spool and load every closed segment now; returns rows inserted, raises if the store fails."""
         try:
             segments = self.writer.rotate()
-            inserted = await asyncio.to_thread(self._load, segments)
+            inserted = await self._in_writer_thread(self._load, segments)
         except Exception as exc:
             self._record_failure(exc)
             raise
@@ -94,6 +123,7 @@ class SpoolLoader:
         except Exception as exc:
             log.warning("at shutdown the spool could not be loaded (%s); it is loaded at the next start", exc)
         await asyncio.to_thread(self.writer.close)
+        self._writer_thread.shutdown()
 
     async def _load_loop(self) -> None:
         while True:
@@ -137,34 +167,39 @@ class SpoolLoader:
         self.store_healthy = True
 
     def _load(self, segments: list[Path]) -> int:
-        """Load segments oldest first, in batches; runs in a worker thread."""
+        """Load segments oldest first, in batches of at most `batch_bytes`; runs in a worker thread."""
         with self._load_lock:
             inserted = 0
-            events: list[UsageEvent] = []
-            batch_segments: list[tuple[Path, int]] = []
+            batch: list[Path] = []
+            batch_bytes = 0
             for path in segments:
                 try:
-                    segment_events, quarantined = read_segment(path)
+                    size = path.stat().st_size
                 except FileNotFoundError:  # already loaded by a pass that was still running
                     self.writer.delete_segment(path)
                     continue
-                events.extend(segment_events)
-                batch_segments.append((path, quarantined))
-                if len(events) >= self.batch_size:
-                    inserted += self._commit(events, batch_segments)
-                    events, batch_segments = [], []
-            if batch_segments:
-                inserted += self._commit(events, batch_segments)
+                if batch and batch_bytes + size > self.batch_bytes:
+                    inserted += self._commit(batch)
+                    batch, batch_bytes = [], 0
+                batch.append(path)
+                batch_bytes += size
+            if batch:
+                inserted += self._commit(batch)
             return inserted
 
-    def _commit(self, events: list[UsageEvent], segments: list[tuple[Path, int]]) -> int:
-        """Insert events in chunks of `batch_size`, then delete the segments they came from."""
-        inserted = 0
-        for start in range(0, len(events), self.batch_size):
-            inserted += self.store.insert_events(events_to_arrow(events[start : start + self.batch_size]))
-        for path, quarantined in segments:
+    def _commit(self, segments: list[Path]) -> int:
+        """Insert the events of `segments`, then delete them; read natively unless a line is torn or corrupt."""
+        try:
+            inserted = self.store.load_segments(segments)
+        except SegmentFormatError:
+            events: list[UsageEvent] = []
+            for path in segments:
+                segment_events, quarantined = read_segment(path)
+                events.extend(segment_events)
+                self.quarantined_lines += quarantined
+            inserted = self.store.insert_events(events_to_arrow(events))
+        for path in segments:
             self.writer.delete_segment(path)
-            self.quarantined_lines += quarantined
         self.loaded_events += inserted
         if inserted:
             self.last_load_at = datetime.now(UTC)

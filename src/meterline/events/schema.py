@@ -150,6 +150,16 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+DUCKDB_TYPES: dict[str, str] = {
+    "string": "VARCHAR",
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMPTZ",
+    "string_map": "MAP(VARCHAR, VARCHAR)",
+}
+
+
 def _column_kind(annotation: object) -> tuple[str, bool]:
     """Map a field annotation of `UsageEvent` to (logical kind, nullable)."""
     members = set(typing.get_args(annotation)) if isinstance(annotation, types.UnionType) else {annotation}

@@ -14,6 +14,7 @@ import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -75,6 +76,14 @@ class Store(Protocol):
     def insert_events(self, table: pa.Table) -> int:
         """Insert the rows whose `event_id` is not stored yet; return how many were inserted."""
 
+    def load_segments(self, paths: list[Path]) -> int:
+        """Like `insert_events`, reading spool segments (JSON lines of events) natively.
+
+        This is the loader's fast path: no Python work per event, so the gateway's event loop
+        never waits on it. Raises `SegmentFormatError` if a line cannot be read (a torn or corrupt
+        line); the loader then decodes those segments in Python, which skips and quarantines them.
+        """
+
     def list_events(self, query: EventQuery) -> EventPage:
         """Events matching the query, newest first (started_at desc, event_id desc).
 
@@ -82,6 +91,10 @@ class Store(Protocol):
         """
 
     def count_events(self) -> int: ...
+
+
+class SegmentFormatError(ValueError):
+    """A spool segment has a line the store's native reader cannot read."""
 
 
 def encode_cursor(started_at: datetime, event_id: str) -> str:

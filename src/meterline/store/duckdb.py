@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -27,17 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from meterline.config import StoreConfig
-from meterline.events.schema import COLUMN_NAMES, COLUMNS, UsageEvent, arrow_schema, arrow_to_events
-from meterline.store.base import EventPage, EventQuery, decode_cursor, encode_cursor
+from meterline.events.schema import COLUMN_NAMES, COLUMNS, DUCKDB_TYPES, UsageEvent, arrow_schema, arrow_to_events
+from meterline.store.base import EventPage, EventQuery, SegmentFormatError, decode_cursor, encode_cursor
 
-_SQL_TYPES = {
-    "string": "VARCHAR",
-    "int": "BIGINT",
-    "float": "DOUBLE",
-    "bool": "BOOLEAN",
-    "timestamp": "TIMESTAMPTZ",
-    "string_map": "MAP(VARCHAR, VARCHAR)",
-}
 _COLUMN_KINDS = {column.name: column.kind for column in COLUMNS}
 _SELECT_LIST = ", ".join(f'"{name}"' for name in COLUMN_NAMES)
 _EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider")
@@ -53,7 +47,7 @@ class Migration:
 
 
 def _column_definition(name: str) -> str:
-    return f'"{name}" {_SQL_TYPES[_COLUMN_KINDS[name]]}'
+    return f'"{name}" {DUCKDB_TYPES[_COLUMN_KINDS[name]]}'
 
 
 def _create_events(cursor: Connection) -> None:
@@ -81,6 +75,27 @@ def add_columns(*names: str) -> Callable[[Connection], None]:
                 cursor.execute(f'UPDATE events SET "{name}" = $value WHERE "{name}" IS NULL', {"value": default})
 
     return apply
+
+
+_READ_SEGMENTS = (
+    "CREATE OR REPLACE TEMP TABLE spool_batch AS SELECT * FROM read_json($paths, columns = {"
+    + ", ".join(f"'{column.name}': '{DUCKDB_TYPES[column.kind]}'" for column in COLUMNS)
+    + "}, format = 'newline_delimited')"
+)
+
+
+def _insert_new(cursor: Connection, source: str, earliest: datetime, has_duplicates: bool) -> int:
+    """Insert the rows of `source` whose event_id is not stored yet (checked from `earliest` on)."""
+    rows = f"(SELECT DISTINCT ON (event_id) * FROM {source})" if has_duplicates else source  # dedupe costs ~40%
+    (inserted,) = cursor.execute(
+        f"""
+        INSERT INTO events ({_SELECT_LIST})
+        SELECT {_SELECT_LIST} FROM {rows}
+        WHERE event_id NOT IN (SELECT event_id FROM events WHERE started_at >= $earliest)
+        """,
+        {"earliest": earliest},
+    ).fetchone()  # type: ignore[misc]
+    return inserted
 
 
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the events table", _create_events),)
@@ -123,18 +138,26 @@ class DuckDBStore:
         batch = table.select(list(COLUMN_NAMES)).cast(arrow_schema())
         earliest = pc.min(batch["started_at"]).as_py()
         has_duplicates = pc.count_distinct(batch["event_id"]).as_py() < batch.num_rows
-        source = "(SELECT DISTINCT ON (event_id) * FROM batch)" if has_duplicates else "batch"  # dedupe costs ~40%
         with self._write_lock, self._cursor() as cursor:
             cursor.register("batch", batch)
-            (inserted,) = cursor.execute(
-                f"""
-                INSERT INTO events ({_SELECT_LIST})
-                SELECT {_SELECT_LIST} FROM {source}
-                WHERE event_id NOT IN (SELECT event_id FROM events WHERE started_at >= $earliest)
-                """,
-                {"earliest": earliest},
-            ).fetchone()
-        return inserted
+            return _insert_new(cursor, "batch", earliest, has_duplicates)
+
+    def load_segments(self, paths: list[Path]) -> int:
+        with self._write_lock, self._cursor() as cursor:
+            try:
+                cursor.execute(_READ_SEGMENTS, {"paths": [str(path) for path in paths]})
+            except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+                raise SegmentFormatError(str(exc)) from exc
+            try:
+                earliest_us, rows, duplicates = cursor.execute(
+                    "SELECT epoch_us(min(started_at)), count(*), count(*) - count(DISTINCT event_id) FROM spool_batch"
+                ).fetchone()  # type: ignore[misc]
+                if rows == 0:
+                    return 0
+                earliest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=earliest_us)
+                return _insert_new(cursor, "spool_batch", earliest, duplicates > 0)
+            finally:
+                cursor.execute("DROP TABLE IF EXISTS spool_batch")
 
     def list_events(self, query: EventQuery) -> EventPage:
         conditions: list[str] = []
