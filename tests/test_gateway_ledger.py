@@ -219,3 +219,24 @@ def test_master_key_never_leaks_into_events(gateway) -> None:  # type: ignore[no
     events = gateway.events(limit=200)
     text = json.dumps(events)
     assert MASTER_KEY not in text and "provider-openai-secret" not in text
+
+
+def test_demo_runs_and_reports_spend(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port
+
+    result = run_cli(
+        "demo",
+        "--port",
+        str(free_port()),
+        "--mock-port",
+        str(free_port()),
+        "--requests",
+        "60",
+        "--duration",
+        "3",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "spend by feature:" in result.stdout and "spend by model:" in result.stdout
+    assert "$0.000000" not in result.stdout.split("spend by model:")[1].splitlines()[1]
+    assert (tmp_path / "meterline-data" / "demo" / "meterline.duckdb").exists()
