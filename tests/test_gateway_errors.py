@@ -156,6 +156,17 @@ def test_stream_cut_off_upstream_is_metered_with_estimates(gateway) -> None:  # 
         )
 
 
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)])
+def test_garbage_in_a_stream_ends_it_with_an_error(gateway, path: str, body: dict) -> None:  # type: ignore[no-untyped-def]
+    headers = gateway.headers(**{"x-mock-fault": "malformed"})
+    with httpx.stream("POST", gateway.url + path, json={**body, "stream": True}, headers=headers, timeout=30) as reply:
+        text = reply.read().decode()
+        request_id = reply.headers["x-meterline-request-id"]
+    assert "not JSON" in text.split("\n\n")[-2]  # the last event tells the client what went wrong
+    (event,) = gateway.events(request_id=request_id)
+    assert event["error_class"] == "invalid_response" and event["usage_source"] == "estimated"
+
+
 def test_anthropic_stream_cut_off_keeps_provider_input_tokens(gateway) -> None:  # type: ignore[no-untyped-def]
     with httpx.stream(
         "POST",

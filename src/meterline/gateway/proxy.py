@@ -402,10 +402,10 @@ class Gateway:
                     502, f"provider '{call.provider}' broke off the stream: {exc}", "upstream_truncated"
                 )
                 error_class = "network"
-            if upstream_error is None and not meter.state.finished and meter.state.error_class is None:
-                upstream_error = ApiError(
-                    502, f"provider '{call.provider}' ended the stream before it was complete", "upstream_truncated"
-                )
+            provider_sent_error = meter.state.error_class not in (None, "invalid_response")
+            if upstream_error is None and not meter.state.finished and not provider_sent_error:
+                problem = meter.state.error_message or "ended the stream before it was complete"
+                upstream_error = ApiError(502, f"provider '{call.provider}' {problem}", "upstream_truncated")
                 error_class = "invalid_response"
             if upstream_error is not None:
                 record(upstream_error.status, error_class, upstream_error.message)

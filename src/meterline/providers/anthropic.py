@@ -168,7 +168,7 @@ class MessagesStreamMeter(StreamMeter):
             payload = orjson.loads(event.data)
         except orjson.JSONDecodeError:
             self.state.error_class = "invalid_response"
-            self.state.error_message = "upstream sent a stream event that is not JSON"
+            self.state.error_message = "sent a stream event that is not JSON"
             return event.raw
         if not isinstance(payload, dict):
             return event.raw

@@ -231,7 +231,7 @@ class ChatStreamMeter(StreamMeter):
             chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError:
             self.state.error_class = "invalid_response"
-            self.state.error_message = "upstream sent a stream chunk that is not JSON"
+            self.state.error_message = "sent a stream chunk that is not JSON"
             return event.raw
         if not isinstance(chunk, dict):
             return event.raw
@@ -272,7 +272,7 @@ class ResponsesStreamMeter(StreamMeter):
             payload = orjson.loads(event.data)
         except orjson.JSONDecodeError:
             self.state.error_class = "invalid_response"
-            self.state.error_message = "upstream sent a stream event that is not JSON"
+            self.state.error_message = "sent a stream event that is not JSON"
             return event.raw
         if not isinstance(payload, dict):
             return event.raw
