@@ -20,6 +20,7 @@ from meterline.pricing.table import PriceTable
 from meterline.providers.base import build_provider
 from meterline.store.base import store_for
 from meterline.web.api import Api
+from meterline.web.auth import WebAuth
 
 
 class StartupError(RuntimeError):
@@ -50,7 +51,7 @@ def build_app(config: Config) -> web.Application:
     )
     authenticator = MasterKeyAuthenticator(config.server.master_key)
     gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool))
-    api = Api(store, loader, authenticator, price_table)
+    api = Api(store, loader, WebAuth(authenticator, config.server.master_key), price_table)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app.add_routes(gateway.routes())

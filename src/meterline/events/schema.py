@@ -79,6 +79,7 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     cost_usd: float | None = None
     price_version: str | None = None
     cache_status: str = "none"
+    saved_usd: float | None = None
     key_id: str | None = None
     team: str | None = None
     app: str | None = None

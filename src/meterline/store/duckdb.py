@@ -98,7 +98,10 @@ def _insert_new(cursor: Connection, source: str, earliest: datetime, has_duplica
     return inserted
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the events table", _create_events),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the events table", _create_events),
+    Migration(2, "add saved_usd (what a cache hit saved)", add_columns("saved_usd")),
+)
 
 
 class DuckDBStore:

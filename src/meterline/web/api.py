@@ -19,9 +19,9 @@ from aiohttp import web
 
 from meterline.events.loader import SpoolLoader
 from meterline.events.schema import UsageEvent
-from meterline.gateway.auth import Authenticator, api_key_from_headers
 from meterline.pricing.table import PriceTable
 from meterline.store.base import EventQuery, Store
+from meterline.web.auth import Unauthorized, WebAuth
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -82,10 +82,10 @@ def repriced(event: UsageEvent, price_table: PriceTable) -> UsageEvent:
 
 
 class Api:
-    def __init__(self, store: Store, loader: SpoolLoader, authenticator: Authenticator, price_table: PriceTable):
+    def __init__(self, store: Store, loader: SpoolLoader, auth: WebAuth, price_table: PriceTable):
         self.store = store
         self.loader = loader
-        self.authenticator = authenticator
+        self.auth = auth
         self.price_table = price_table
 
     def routes(self) -> list[web.RouteDef]:
@@ -94,15 +94,6 @@ class Api:
             web.get("/ready", self.ready),
             web.get("/api/v1/events", self.events),
         ]
-
-    def admin_refusal(self, request: web.Request) -> web.Response | None:
-        api_key = api_key_from_headers(request.headers)
-        identity = self.authenticator.authenticate(api_key) if api_key else None
-        if identity is None:
-            return api_error(401, "this API needs the master key: send 'Authorization: Bearer <key>'")
-        if not identity.is_admin:
-            return api_error(403, "this API needs an admin key")
-        return None
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -117,9 +108,10 @@ class Api:
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        refusal = self.admin_refusal(request)
-        if refusal is not None:
-            return refusal
+        try:
+            self.auth.reader(request)
+        except Unauthorized as exc:
+            return api_error(exc.status, str(exc))
         params = dict(request.query)
         try:
             query = event_query(params)
