@@ -16,7 +16,6 @@ import orjson
 from meterline.providers.base import (
     ApiError,
     Dialect,
-    PreparedRequest,
     ProviderFamily,
     SSEEvent,
     StreamMeter,
@@ -122,25 +121,13 @@ class AnthropicProvider(ProviderFamily):
     pricing_id_default = "anthropic"
     dialect = "anthropic"
     operations = frozenset({"messages", "count_tokens"})
+    default_headers = {"anthropic-version": "2023-06-01"}
 
-    def prepare(
-        self,
-        operation: str,
-        body: dict[str, Any],
-        raw_body: bytes,
-        upstream_model: str,
-        forward_headers: dict[str, str],
-    ) -> PreparedRequest:
-        changed = body["model"] != upstream_model
-        body["model"] = upstream_model
-        headers = {"anthropic-version": "2023-06-01", **forward_headers, **self.config.headers}
-        headers["content-type"] = "application/json"
-        if self.config.api_key:
-            headers["x-api-key"] = self.config.api_key
-        path = "/v1/messages/count_tokens" if operation == "count_tokens" else "/v1/messages"
-        return PreparedRequest(
-            url=self.config.base_url + path, headers=headers, body=orjson.dumps(body) if changed else raw_body
-        )
+    def path(self, operation: str) -> str:
+        return "/v1/messages/count_tokens" if operation == "count_tokens" else "/v1/messages"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"x-api-key": self.config.api_key} if self.config.api_key else {}
 
     def usage_from_response(self, operation: str, payload: dict[str, Any]) -> Usage | None:
         return usage_from_anthropic(payload.get("usage"))

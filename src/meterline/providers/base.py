@@ -16,6 +16,8 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+import orjson
+
 from meterline.config import ProviderConfig
 
 
@@ -113,7 +115,21 @@ class ProviderFamily(ABC):
     def pricing_id(self) -> str | None:
         return self.config.pricing_provider or self.pricing_id_default
 
+    default_headers: dict[str, str] = {}
+
     @abstractmethod
+    def path(self, operation: str) -> str:
+        """The upstream path (after `base_url`) that serves `operation`."""
+
+    @abstractmethod
+    def auth_headers(self) -> dict[str, str]:
+        """How the configured provider key is sent upstream (empty when none is configured)."""
+
+    def shape_body(self, operation: str, body: dict[str, Any]) -> bool:
+        """Adjust the body for metering before it goes upstream; True if usage was asked for on the
+        client's behalf (the stream meter then hides it again)."""
+        return False
+
     def prepare(
         self,
         operation: str,
@@ -122,7 +138,18 @@ class ProviderFamily(ABC):
         upstream_model: str,
         forward_headers: dict[str, str],
     ) -> PreparedRequest:
-        """Build the upstream request: URL, auth headers, body (the client's bytes when nothing changed)."""
+        """Build the upstream request; the client's own bytes are sent when nothing had to change."""
+        changed = body["model"] != upstream_model
+        body["model"] = upstream_model
+        injected = self.shape_body(operation, body)
+        headers = {**self.default_headers, **forward_headers, **self.config.headers, **self.auth_headers()}
+        headers["content-type"] = "application/json"
+        return PreparedRequest(
+            url=self.config.base_url + self.path(operation),
+            headers=headers,
+            body=orjson.dumps(body) if changed or injected else raw_body,
+            injected_usage_request=injected,
+        )
 
     @abstractmethod
     def usage_from_response(self, operation: str, payload: dict[str, Any]) -> Usage | None:

@@ -16,7 +16,6 @@ import orjson
 from meterline.providers.base import (
     ApiError,
     Dialect,
-    PreparedRequest,
     ProviderFamily,
     SSEEvent,
     StreamMeter,
@@ -142,31 +141,21 @@ class OpenAIProvider(ProviderFamily):
     dialect = "openai"
     operations = frozenset(_PATHS)
 
-    def prepare(
-        self,
-        operation: str,
-        body: dict[str, Any],
-        raw_body: bytes,
-        upstream_model: str,
-        forward_headers: dict[str, str],
-    ) -> PreparedRequest:
-        changed = body["model"] != upstream_model
-        body["model"] = upstream_model
-        injected = False
-        if operation in ("chat", "completion") and body.get("stream") is True:
-            options = body.get("stream_options") or {}
-            if options.get("include_usage") is not True:
-                body["stream_options"] = {**options, "include_usage": True}
-                injected = changed = True
-        headers = {**forward_headers, **self.config.headers, "content-type": "application/json"}
-        if self.config.api_key:
-            headers["authorization"] = f"Bearer {self.config.api_key}"
-        return PreparedRequest(
-            url=self.config.base_url + _PATHS[operation],
-            headers=headers,
-            body=orjson.dumps(body) if changed else raw_body,
-            injected_usage_request=injected,
-        )
+    def path(self, operation: str) -> str:
+        return _PATHS[operation]
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    def shape_body(self, operation: str, body: dict[str, Any]) -> bool:
+        """Ask for usage in chat and completion streams when the client did not."""
+        if operation not in ("chat", "completion") or body.get("stream") is not True:
+            return False
+        options = body.get("stream_options") or {}
+        if options.get("include_usage") is True:
+            return False
+        body["stream_options"] = {**options, "include_usage": True}
+        return True
 
     def usage_from_response(self, operation: str, payload: dict[str, Any]) -> Usage | None:
         return usage_from_openai(operation, payload.get("usage"))
