@@ -2,7 +2,8 @@
 
 A store keeps raw usage events: `insert_events` takes an Arrow table with the canonical schema
 (`meterline.events.schema.arrow_schema()`) and is idempotent by `event_id`; `list_events` pages
-through events newest first with a keyset cursor. Backends register under the entry-point
+through events newest first with a keyset cursor; `query` answers the read-only SQL the
+analytics build over the `events` table. Backends register under the entry-point
 group `meterline.stores` (the built-in DuckDB store does so too) and are built with
 `store_for(config)`.
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -91,6 +93,13 @@ class Store(Protocol):
         """
 
     def count_events(self) -> int: ...
+
+    def query(self, sql: str, params: Mapping[str, Any], tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+        """The result of one read-only SELECT over `events`, with `$name` parameters bound from `params`.
+
+        `tables` are small Arrow tables the statement reads by name (e.g. price periods to join).
+        Timestamps come back in UTC. Raises ValueError for anything but a single SELECT.
+        """
 
 
 class SegmentFormatError(ValueError):

@@ -11,12 +11,15 @@ Inserts are idempotent by `event_id` without a primary-key index (an ART index o
 millions of events costs too much memory): a batch is deduplicated and anti-joined against the
 stored events that started no earlier than the batch's first event, which DuckDB's zone maps
 keep cheap because a replayed event always carries its original `started_at`.
+
+`DuckDBStore(config, read_only=True)` opens an existing file for reading only (no migrations),
+so the CLI can run analytics while no server owns the file.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,16 +110,23 @@ MIGRATIONS: tuple[Migration, ...] = (
 class DuckDBStore:
     """Events in one DuckDB file; safe to use from several threads (a cursor per call, one writer at a time)."""
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, read_only: bool = False) -> None:
         self.path = config.path
+        self.read_only = read_only
         self._connection: Connection | None = None
         self._write_lock = threading.Lock()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = duckdb.connect(str(self.path))
+        if self.read_only and not self.path.exists():
+            raise FileNotFoundError(f"there is no meterline store file at {self.path} to read")
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = duckdb.connect(str(self.path), read_only=self.read_only)
         try:
-            self._migrate()
+            if self.read_only:
+                self._check_columns()
+            else:
+                self._migrate()
         except BaseException:
             self.close()
             raise
@@ -203,6 +213,16 @@ class DuckDBStore:
             (count,) = cursor.execute("SELECT count(*) FROM events").fetchone()
         return count
 
+    def query(self, sql: str, params: Mapping[str, Any], tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+        statements = duckdb.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise ValueError("Store.query runs exactly one SELECT statement")
+        with self._cursor() as cursor:
+            cursor.execute("SET TimeZone = 'UTC'")  # a setting of this cursor's connection only
+            for name, table in (tables or {}).items():
+                cursor.register(name, table)
+            return cursor.sql(sql, params=dict(params)).to_arrow_table()
+
     @contextmanager
     def _cursor(self) -> Iterator[Connection]:
         if self._connection is None:
@@ -240,9 +260,22 @@ class DuckDBStore:
                     cursor.execute("ROLLBACK")
                     raise
                 cursor.execute("COMMIT")
+        self._check_columns()
+
+    def _check_columns(self) -> None:
+        """Fail clearly when the events table lacks a column of the event schema."""
+        with self._cursor() as cursor:
             stored = {name for (name,) in cursor.execute("SELECT name FROM pragma_table_info('events')").fetchall()}
         missing = [name for name in COLUMN_NAMES if name not in stored]
+        if not stored:
+            raise RuntimeError(f"{self.path} has no events table: is it a meterline store file?")
+        if self.read_only and missing:
+            raise RuntimeError(
+                f"the events table in {self.path} lacks column(s) {', '.join(missing)}: it was written by an older "
+                "meterline; start `meterline serve` once with this version to migrate it"
+            )
         if missing:
+            newest_known = max(migration.version for migration in MIGRATIONS)
             raise RuntimeError(
                 f"the events table in {self.path} lacks column(s) {', '.join(missing)}: add "
                 f"Migration({newest_known + 1}, ..., add_columns({', '.join(map(repr, missing))})) "
