@@ -1,0 +1,1 @@
+"""Analytics: the queries behind the API, dashboard, CLI reports and exports."""
