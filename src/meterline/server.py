@@ -10,6 +10,7 @@ import asyncio
 
 from aiohttp import web
 
+from meterline.analytics.queries import Analytics
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
@@ -19,8 +20,10 @@ from meterline.gateway.proxy import Gateway
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import build_provider
 from meterline.store.base import store_for
+from meterline.web.analytics_api import AnalyticsApi
 from meterline.web.api import Api
 from meterline.web.auth import WebAuth
+from meterline.web.dashboard import Dashboard
 
 
 class StartupError(RuntimeError):
@@ -51,11 +54,14 @@ def build_app(config: Config) -> web.Application:
     )
     authenticator = MasterKeyAuthenticator(config.server.master_key)
     gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool))
-    api = Api(store, loader, WebAuth(authenticator, config.server.master_key), price_table)
+    web_auth = WebAuth(authenticator, config.server.master_key)
+    api = Api(store, loader, web_auth, price_table)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app.add_routes(gateway.routes())
     app.add_routes(api.routes())
+    app.add_routes(AnalyticsApi(Analytics(store, price_table, config.models), web_auth).routes())
+    app.add_routes(Dashboard(web_auth).routes())
 
     async def start(_: web.Application) -> None:
         try:

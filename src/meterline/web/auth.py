@@ -14,22 +14,15 @@ import base64
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
+from meterline.analytics.params import Scope
 from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
 
 SESSION_COOKIE = "meterline_session"
 SESSION_SECONDS = 12 * 3600
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The slice of data a caller may read; `team=None` is everything."""
-
-    team: str | None = None
 
 
 class Unauthorized(Exception):
