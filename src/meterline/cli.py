@@ -1,13 +1,22 @@
-"""The `meterline` command: serve the gateway, run the mock provider or the demo, inspect prices."""
+"""The `meterline` command: serve the gateway, run the mock provider or the demo, inspect prices and spend.
+
+Heavy modules are imported inside the commands that use them, so `meterline --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+import orjson
 
 from meterline.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from meterline.analytics.source import AnalyticsSource
+    from meterline.pricing.table import PriceTable
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -164,13 +173,12 @@ def prices() -> None:
     """Inspect the price table: bundled genai-prices snapshot plus your overrides."""
 
 
-def _price_table(config: Config):  # type: ignore[no-untyped-def]
+def _price_table(config: Config) -> PriceTable:
     from meterline.pricing.table import PriceTable
-    from meterline.providers.base import build_provider
+    from meterline.providers.base import pricing_ids
 
-    pricing_ids = {name: build_provider(name, provider).pricing_id for name, provider in config.providers.items()}
     try:
-        return PriceTable.load(config.pricing.overrides, pricing_ids)
+        return PriceTable.load(config.pricing.overrides, pricing_ids(config.providers))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -214,3 +222,138 @@ def prices_check(config_path: Path) -> None:
     if not report.ok:
         sys.exit(1)
     click.echo(f"ok: {len(config.models)} configured model(s) priced")
+
+
+def _source(config_path: Path) -> AnalyticsSource:
+    from meterline.analytics.source import SourceError, open_source
+
+    try:
+        return open_source(_load(config_path))
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--by", "dimension", default="feature", show_default=True, help="Dimension: feature, user, team, model..."
+)
+@click.option("--since", default="7d", show_default=True, help="ISO time or a span back from now (24h, 7d, 30d).")
+@click.option("--until", help="ISO time (default: now).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+def top(config_path: Path, dimension: str, since: str, until: str | None, limit: int, as_json: bool) -> None:
+    """Show where the money went: the top spenders of one dimension.
+
+    Reads from the running server when one answers at the configured address, otherwise
+    opens the store file read-only.
+
+    \b
+    Examples:
+      meterline top --by feature --since 7d
+      meterline top --by user --since 24h --limit 20 --json
+      meterline top --by property.tenant
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from meterline.analytics.source import SourceError
+
+    source = _source(config_path)
+    params = {"by": dimension, "since": since, "limit": str(limit), **({"until": until} if until else {})}
+    try:
+        result = source.get("top", params)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        source.close()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"top {dimension} by cost since {since}")
+    for column, justify in ((dimension, "left"), ("cost (USD)", "right"), ("share", "right"), ("requests", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in result["rows"]:
+        table.add_row(str(row["value"]), f"{row['cost_usd']:,.4f}", f"{row['share']:.1%}", str(row["requests"]))
+    unattributed = result["unattributed"]
+    table.add_row("(unattributed)", f"{unattributed['cost_usd']:,.4f}", f"{unattributed['share']:.1%}", "")
+    Console().print(table)
+    click.echo(f"total: ${result['total_cost_usd']:,.4f}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--period", type=click.Choice(["week", "month"]), default="week", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="./meterline-reports",
+    show_default=True,
+)
+def report(config_path: Path, period: str, out_dir: Path) -> None:
+    """Build the weekly (or monthly) review: an HTML report and showback CSVs per team, app, feature.
+
+    \b
+    Examples:
+      meterline report --period week
+      meterline report --period month --out ./reports/november
+    """
+    from rich.progress import Progress
+
+    from meterline.analytics.report import REPORT_STEPS, build_report
+    from meterline.analytics.source import SourceError
+
+    source = _source(config_path)
+    try:
+        with Progress() as progress:
+            task = progress.add_task("building the report", total=REPORT_STEPS)
+
+            def step(name: str) -> None:
+                progress.update(task, description=name, advance=0 if name == "core views" else 1)
+
+            written = build_report(source, period, out_dir, progress=step)
+            progress.update(task, completed=REPORT_STEPS)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        source.close()
+    click.echo(f"report:   {written.html}")
+    for path in written.csvs:
+        click.echo(f"showback: {path}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since", default="30d", show_default=True, help="ISO time or a span back from now.")
+@click.option("--until", help="ISO time (default: now).")
+@click.option(
+    "--format", "file_format", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Default: events.<format>.")
+def export(config_path: Path, since: str, until: str | None, file_format: str, out_path: Path | None) -> None:
+    """Export raw events (every field, newest first) as CSV, Parquet or JSON lines.
+
+    \b
+    Examples:
+      meterline export --since 7d --format parquet --out last-week.parquet
+      meterline export --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z --format csv
+    """
+    from rich.progress import Progress
+
+    from meterline.analytics.export import write_events
+    from meterline.analytics.source import SourceError, iter_events
+
+    source = _source(config_path)
+    out_path = out_path or Path(f"events.{file_format}")
+    params = {"since": since, **({"until": until} if until else {})}
+    try:
+        with Progress() as progress:
+            task = progress.add_task("exporting events", total=None)
+            events = iter_events(source, params)
+            count = write_events(events, file_format, out_path, on_batch=lambda count: progress.advance(task, count))
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        source.close()
+    click.echo(f"wrote {count} events to {out_path}")

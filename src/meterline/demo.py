@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +122,17 @@ async def send_traffic(base_url: str, count: int, seed: int, show_progress: bool
 
 
 async def spend_summary(base_url: str) -> dict[str, dict[str, float]]:
-    """Spend by feature and by model over the stored events, read back through the events API."""
-    totals: dict[str, dict[str, float]] = {"feature": defaultdict(float), "model": defaultdict(float)}
+    """Spend by feature and by model over the last day, from the analytics API's top-N endpoint."""
     headers = {"authorization": f"Bearer {DEMO_MASTER_KEY}"}
-    cursor: str | None = None
+    totals: dict[str, dict[str, float]] = {}
     async with aiohttp.ClientSession() as session:
-        for _ in range(50):
-            params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
-            async with session.get(base_url + "/api/v1/events", params=params, headers=headers) as reply:
-                page = await reply.json()
-            for event in page["data"]:
-                totals["feature"][event["feature"] or "(unattributed)"] += event["cost_usd"] or 0.0
-                totals["model"][event["requested_model"]] += event["cost_usd"] or 0.0
-            cursor = page["next_cursor"]
-            if not cursor:
-                break
+        for dimension in ("feature", "model"):
+            params = {"by": dimension, "since": "24h", "limit": "20"}
+            async with session.get(base_url + "/api/v1/top", params=params, headers=headers) as reply:
+                top = await reply.json()
+            totals[dimension] = {row["value"]: row["cost_usd"] for row in top["rows"]}
+            if top["unattributed"]["cost_usd"]:
+                totals[dimension]["(unattributed)"] = top["unattributed"]["cost_usd"]
     return totals
 
 
@@ -175,8 +170,9 @@ def run_demo(port: int, mock_port: int, data_dir: Path, request_count: int, dura
             for name, cost in sorted(totals[dimension].items(), key=lambda item: -item[1]):
                 click.echo(f"  {name:<28} ${cost:,.6f}")
         click.echo(
-            f"\ngateway:  {base_url}   (OpenAI base_url {base_url}/v1, Anthropic base_url {base_url})"
+            f"\ndashboard:  {base_url}/   (sign in with the master key)"
             f"\nmaster key: {DEMO_MASTER_KEY}"
+            f"\ngateway:  {base_url}   (OpenAI base_url {base_url}/v1, Anthropic base_url {base_url})"
             f"\nevents:   curl -H 'Authorization: Bearer {DEMO_MASTER_KEY}' '{base_url}/api/v1/events?limit=5'"
             f"\ndata:     {data_dir.resolve()} (config, logs, spool, DuckDB file)"
         )

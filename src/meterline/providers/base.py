@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -254,3 +255,8 @@ def build_provider(name: str, config: ProviderConfig) -> ProviderFamily:
         known = ", ".join(sorted(families))
         raise ValueError(f"providers.{name}.kind: unknown kind {config.kind!r}; known kinds: {known}")
     return families[config.kind](name, config)
+
+
+def pricing_ids(providers: Mapping[str, ProviderConfig]) -> dict[str, str | None]:
+    """The genai-prices provider id each configured provider is priced as (None: not priced)."""
+    return {name: build_provider(name, config).pricing_id for name, config in providers.items()}

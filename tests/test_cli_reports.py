@@ -1,0 +1,116 @@
+"""`meterline top`, `report` and `export` work with the server running (via its API) and without (the file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import MASTER_KEY
+
+CALLS = [
+    ("search", "team-a", "alice", "gpt-4o-mini"),
+    ("search", "team-a", "bob", "gpt-4o-mini"),
+    ("summarize", "team-b", "alice", "gpt-4o"),
+    ("summarize", "team-b", "carol", "gpt-4o"),
+    ("chat", "team-b", "carol", "claude-haiku-4-5"),
+]
+
+
+def meterline(gateway, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "meterline", *args, "--config", "meterline.yaml"],
+        cwd=gateway.cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TEST_MASTER_KEY": MASTER_KEY},
+    )
+
+
+@pytest.fixture(scope="module")
+def seeded(make_gateway):  # type: ignore[no-untyped-def]
+    gateway = make_gateway()
+    for feature, team, user, model in CALLS:
+        headers = gateway.headers(
+            **{"x-meterline-feature": feature, "x-meterline-team": team, "x-meterline-user": user}
+        )
+        if model.startswith("claude"):
+            body = {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "hi there"}]}
+            reply = httpx.post(gateway.url + "/v1/messages", json=body, headers=headers)
+        else:
+            body = {"model": model, "messages": [{"role": "user", "content": "hello world, how are you"}]}
+            reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == 200
+    httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=gateway.headers(),
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "nobody's"}]},
+    )
+    gateway.events(expected=len(CALLS) + 1)
+    return gateway
+
+
+def top_json(gateway) -> dict:  # type: ignore[no-untyped-def]
+    result = meterline(gateway, "top", "--by", "feature", "--since", "1d", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gateway = seeded
+    via_server = top_json(gateway)
+    api = httpx.get(gateway.url + "/api/v1/top", params={"by": "feature", "since": "1d"}, headers=gateway.headers())
+    assert via_server["rows"] == api.json()["rows"]
+    assert {row["value"] for row in via_server["rows"]} == {"search", "summarize", "chat"}
+    assert via_server["unattributed"]["cost_usd"] > 0
+
+    table = meterline(gateway, "top", "--by", "team", "--since", "1d")
+    assert table.returncode == 0 and "team-b" in table.stdout and "(unattributed)" in table.stdout
+
+    spend_by_team = httpx.get(
+        gateway.url + "/api/v1/spend", params={"group_by": "team", "since": "7d"}, headers=gateway.headers()
+    ).json()["rows"]
+    report = meterline(gateway, "report", "--period", "week", "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    html = next((tmp_path / "report").glob("report-week-*.html")).read_text()
+    for heading in ("Cost trend", "Top features", "Top users", "Cache hit rate by feature", "Cost of errors by class"):
+        assert heading in html
+    assert "summarize" in html and "Plotly.newPlot" in html
+    with (tmp_path / "report" / "showback-team.csv").open() as file:
+        showback = {row["team"]: row for row in csv.DictReader(file)}
+    for row in spend_by_team:
+        name = row["team"] or "(unattributed)"
+        assert float(showback[name]["cost_usd"]) == pytest.approx(row["cost_usd"])
+        assert int(showback[name]["requests"]) == row["requests"]
+
+    exported = tmp_path / "events.jsonl"
+    result = meterline(gateway, "export", "--since", "1d", "--format", "jsonl", "--out", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert len(exported.read_text().splitlines()) == len(CALLS) + 1
+
+    gateway.stop()  # now the CLI must open the file itself
+    assert top_json(gateway)["rows"] == via_server["rows"]
+    for file_format in ("csv", "parquet"):
+        out = tmp_path / f"events.{file_format}"
+        result = meterline(gateway, "export", "--since", "1d", "--format", file_format, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "events.parquet").num_rows == len(CALLS) + 1
+    with (tmp_path / "events.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(CALLS) + 1 and {"event_id", "cost_usd", "properties"} <= set(rows[0])
+    local_report = meterline(gateway, "report", "--period", "month", "--out", str(tmp_path / "local"))
+    assert local_report.returncode == 0, local_report.stderr
+    gateway.start()
+
+
+def test_bad_dimension_is_a_clear_error(seeded) -> None:  # type: ignore[no-untyped-def]
+    result = meterline(seeded, "top", "--by", "colour")
+    assert result.returncode != 0
+    assert "colour" in result.stderr and "feature" in result.stderr and "Traceback" not in result.stderr
