@@ -34,6 +34,10 @@ class StoreConfig(_Section):
     kind: str = "duckdb"
     path: Path = Path("./meterline-data/meterline.duckdb")
     spool_dir: Path = Path("./meterline-data/spool")
+    control_path: Path = Field(
+        Path("./meterline-data/control.sqlite"),
+        description="SQLite file for virtual keys and budgets; every process on the machine shares it",
+    )
     flush_interval_ms: int = Field(250, ge=10, description="how often the spool is loaded into the store")
     fsync_interval_ms: int = Field(200, ge=10, description="how often spool writes are fsynced")
 
@@ -105,6 +109,7 @@ class Config(_Section):
         """Make relative store and pricing paths relative to the config file's folder."""
         self.store.path = _under(base, self.store.path)
         self.store.spool_dir = _under(base, self.store.spool_dir)
+        self.store.control_path = _under(base, self.store.control_path)
         if self.pricing.overrides is not None:
             self.pricing.overrides = _under(base, self.pricing.overrides)
         return self
