@@ -22,6 +22,15 @@ class Identity:
     team: str | None = None
     app: str | None = None
     user: str | None = None
+    name: str | None = None
+    models: tuple[str, ...] = ()
+    """Model name patterns (`fnmatch`, e.g. `claude-*`) the key may call; empty: every model."""
+    can_read_team: bool = False
+    """A `read:team` key: may read its team's data through the API and dashboard."""
+    rpm_limit: int | None = None
+    """Requests per minute this key may send (None: no limit)."""
+    tpm_limit: int | None = None
+    """Tokens per minute (estimated input + output) this key may use (None: no limit)."""
 
 
 class Authenticator(Protocol):
