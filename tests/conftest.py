@@ -19,6 +19,18 @@ import pytest
 MASTER_KEY = "mlk-test-master-key"
 
 
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `meterline <args>` to the end in `cwd`, with `env` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "meterline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -92,6 +104,10 @@ class GatewayService(Service):
             if len(data) >= expected or time.monotonic() > deadline:
                 return data
             time.sleep(0.05)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `meterline <args> --config meterline.yaml` against this gateway's config."""
+        return run_cli(*args, "--config", "meterline.yaml", cwd=self.cwd, env=self.env)
 
     def openai(self, **options: Any):  # type: ignore[no-untyped-def]
         import openai

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
-
-from tests.conftest import MASTER_KEY
 
 CALLS = [
     ("search", "team-a", "alice", "gpt-4o-mini"),
@@ -21,17 +16,6 @@ CALLS = [
     ("summarize", "team-b", "carol", "gpt-4o"),
     ("chat", "team-b", "carol", "claude-haiku-4-5"),
 ]
-
-
-def meterline(gateway, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "meterline", *args, "--config", "meterline.yaml"],
-        cwd=gateway.cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TEST_MASTER_KEY": MASTER_KEY},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +42,7 @@ def seeded(make_gateway):  # type: ignore[no-untyped-def]
 
 
 def top_json(gateway) -> dict:  # type: ignore[no-untyped-def]
-    result = meterline(gateway, "top", "--by", "feature", "--since", "1d", "--json")
+    result = gateway.cli("top", "--by", "feature", "--since", "1d", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -71,13 +55,13 @@ def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, 
     assert {row["value"] for row in via_server["rows"]} == {"search", "summarize", "chat"}
     assert via_server["unattributed"]["cost_usd"] > 0
 
-    table = meterline(gateway, "top", "--by", "team", "--since", "1d")
+    table = gateway.cli("top", "--by", "team", "--since", "1d")
     assert table.returncode == 0 and "team-b" in table.stdout and "(unattributed)" in table.stdout
 
     spend_by_team = httpx.get(
         gateway.url + "/api/v1/spend", params={"group_by": "team", "since": "7d"}, headers=gateway.headers()
     ).json()["rows"]
-    report = meterline(gateway, "report", "--period", "week", "--out", str(tmp_path / "report"))
+    report = gateway.cli("report", "--period", "week", "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     html = next((tmp_path / "report").glob("report-week-*.html")).read_text()
     for heading in ("Cost trend", "Top features", "Top users", "Cache hit rate by feature", "Cost of errors by class"):
@@ -91,7 +75,7 @@ def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, 
         assert int(showback[name]["requests"]) == row["requests"]
 
     exported = tmp_path / "events.jsonl"
-    result = meterline(gateway, "export", "--since", "1d", "--format", "jsonl", "--out", str(exported))
+    result = gateway.cli("export", "--since", "1d", "--format", "jsonl", "--out", str(exported))
     assert result.returncode == 0, result.stderr
     assert len(exported.read_text().splitlines()) == len(CALLS) + 1
 
@@ -99,18 +83,18 @@ def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, 
     assert top_json(gateway)["rows"] == via_server["rows"]
     for file_format in ("csv", "parquet"):
         out = tmp_path / f"events.{file_format}"
-        result = meterline(gateway, "export", "--since", "1d", "--format", file_format, "--out", str(out))
+        result = gateway.cli("export", "--since", "1d", "--format", file_format, "--out", str(out))
         assert result.returncode == 0, result.stderr
     assert pq.read_table(tmp_path / "events.parquet").num_rows == len(CALLS) + 1
     with (tmp_path / "events.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == len(CALLS) + 1 and {"event_id", "cost_usd", "properties"} <= set(rows[0])
-    local_report = meterline(gateway, "report", "--period", "month", "--out", str(tmp_path / "local"))
+    local_report = gateway.cli("report", "--period", "month", "--out", str(tmp_path / "local"))
     assert local_report.returncode == 0, local_report.stderr
     gateway.start()
 
 
 def test_bad_dimension_is_a_clear_error(seeded) -> None:  # type: ignore[no-untyped-def]
-    result = meterline(seeded, "top", "--by", "colour")
+    result = seeded.cli("top", "--by", "colour")
     assert result.returncode != 0
     assert "colour" in result.stderr and "feature" in result.stderr and "Traceback" not in result.stderr

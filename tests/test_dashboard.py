@@ -192,6 +192,31 @@ def test_sign_in_takes_the_admin_key(browser: Browser, seeded: GatewayService) -
     assert [problem for problem in problems if "401" not in problem] == []
 
 
+def test_a_team_read_key_signs_in_and_sees_only_its_team(browser: Browser, seeded: GatewayService) -> None:
+    created = httpx.post(
+        seeded.url + "/api/v1/keys",
+        headers=seeded.headers(),
+        json={"name": "discovery-dashboard", "team": "discovery", "scope": "read:team"},
+    ).json()
+    context = browser.new_context(base_url=seeded.url)
+    page = context.new_page()
+    problems = watch(page, seeded.url)
+    page.goto("/login?next=/features")
+    page.fill("input[name=key]", created["key"])
+    page.click("button[type=submit]")
+    page.wait_for_url(seeded.url + "/features")
+    settled(page)
+    expect(page.locator(".topbar .scope")).to_have_text("team discovery")
+    features = set(column(page, "feature-table", "Feature"))
+    assert {"search", "summarize"} <= features and not features & {"support", "chat"}
+
+    httpx.delete(seeded.url + f"/api/v1/keys/{created['key_id']}", headers=seeded.headers())
+    page.goto("/features")
+    assert urlsplit(page.url).path == "/login"
+    context.close()
+    assert problems == []
+
+
 def test_sign_in_refuses_other_sites_and_foreign_redirects(seeded: GatewayService) -> None:
     form = {"key": MASTER_KEY, "next": "//evil.example/steal"}
     reply = httpx.post(seeded.url + "/login", data=form, headers={"origin": "https://evil.example"})

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, run_cli
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -155,12 +153,6 @@ def test_price_correction_reprices_history_on_read(make_gateway, tmp_path) -> No
     (repriced,) = gateway.events(feature="reprice", cost_basis="current")
     assert repriced["cost_usd"] == pytest.approx(expected * 10)
     assert repriced["price_version"] != as_recorded["price_version"]
-
-
-def run_cli(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "meterline", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
-    )
 
 
 def test_bad_config_fails_fast_naming_the_field(tmp_path) -> None:  # type: ignore[no-untyped-def]

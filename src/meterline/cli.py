@@ -16,6 +16,7 @@ from meterline.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from meterline.analytics.source import AnalyticsSource
+    from meterline.gateway.keys import KeyStore
     from meterline.pricing.table import PriceTable
 
 CONFIG_OPTION = click.option(
@@ -357,3 +358,120 @@ def export(config_path: Path, since: str, until: str | None, file_format: str, o
     finally:
         source.close()
     click.echo(f"wrote {count} events to {out_path}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage virtual keys: what applications send instead of provider keys.
+
+    Keys live hashed in the control database (store.control_path), so these commands work
+    whether or not `meterline serve` is running; a revocation takes effect on the next request.
+    """
+
+
+def _key_store(config_path: Path) -> KeyStore:
+    from meterline.gateway.keys import KeyStore
+    from meterline.store.control import ControlDB
+
+    return KeyStore(ControlDB(_load(config_path).store.control_path))
+
+
+@keys.command("create")
+@CONFIG_OPTION
+@click.option("--name", required=True, help="A unique name, e.g. the application's.")
+@click.option("--team", help="Team the key's spend belongs to (headers may not name another).")
+@click.option("--app", help="App the key's spend belongs to.")
+@click.option("--user", help="User the key's spend belongs to.")
+@click.option("--models", help="Comma-separated model names or patterns it may call (default: all).")
+@click.option("--expires", help="A span (30d, 12h, 2w) or an ISO time with a timezone.")
+@click.option("--scope", type=click.Choice(["read:team"]), help="Also let the key read its team's data.")
+@click.option("--rpm", "rpm_limit", type=click.IntRange(min=1), help="Requests per minute it may send.")
+@click.option("--tpm", "tpm_limit", type=click.IntRange(min=1), help="Tokens per minute it may use.")
+def keys_create(
+    config_path: Path,
+    name: str,
+    team: str | None,
+    app: str | None,
+    user: str | None,
+    models: str | None,
+    expires: str | None,
+    scope: str | None,
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+) -> None:
+    """Create a key and print it once (only its hash is kept).
+
+    \b
+    Examples:
+      meterline keys create --name search-app --team search --app search
+      meterline keys create --name batch-jobs --team data --models gpt-4o-mini,claude-* --expires 30d
+      meterline keys create --name search-dashboard --team search --scope read:team
+    """
+    from meterline.gateway.keys import KeySpec, KeyStoreError
+
+    spec = KeySpec(
+        name=name,
+        team=team,
+        app=app,
+        user=user,
+        models=[model.strip() for model in (models or "").split(",") if model.strip()],
+        expires=expires,
+        scope=scope,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+    )
+    try:
+        key, record = _key_store(config_path).create(spec)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created key '{record.name}' ({record.key_id}); it is shown only now:\n\n  {key}\n")
+
+
+@keys.command("list")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def keys_list(config_path: Path, as_json: bool) -> None:
+    """List keys with their attribution, limits and status (never the keys themselves).
+
+    \b
+    Examples:
+      meterline keys list
+      meterline keys list --json
+    """
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    now = datetime.now(UTC)
+    listings = [record.listing(now) for record in _key_store(config_path).records()]
+    if as_json:
+        click.echo(orjson.dumps(listings, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table()
+    columns = ("name", "key_id", "key_prefix", "team", "app", "user", "models", "scope", "expires_at", "status")
+    for column in columns:
+        table.add_column(column)
+    for listing in listings:
+        shown = {**listing, "models": ",".join(listing["models"]) or "all"}
+        table.add_row(*("" if shown[column] is None else str(shown[column]) for column in columns))
+    Console().print(table)
+
+
+@keys.command("revoke")
+@CONFIG_OPTION
+@click.argument("key")
+def keys_revoke(config_path: Path, key: str) -> None:
+    """Revoke KEY (its id or name); requests with it fail from the next one on.
+
+    \b
+    Example:
+      meterline keys revoke search-app
+    """
+    from meterline.gateway.keys import KeyStoreError
+
+    try:
+        record = _key_store(config_path).revoke(key)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked key '{record.name}' ({record.key_id}) at {record.revoked_at}")

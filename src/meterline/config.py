@@ -36,7 +36,8 @@ class StoreConfig(_Section):
     spool_dir: Path = Path("./meterline-data/spool")
     control_path: Path = Field(
         Path("./meterline-data/control.sqlite"),
-        description="SQLite file for virtual keys and budgets; every process on the machine shares it",
+        description="SQLite file for virtual keys and budgets, shared by every process on the machine "
+        "(default: control.sqlite beside the store file)",
     )
     flush_interval_ms: int = Field(250, ge=10, description="how often the spool is loaded into the store")
     fsync_interval_ms: int = Field(200, ge=10, description="how often spool writes are fsynced")
@@ -109,6 +110,8 @@ class Config(_Section):
         """Make relative store and pricing paths relative to the config file's folder."""
         self.store.path = _under(base, self.store.path)
         self.store.spool_dir = _under(base, self.store.spool_dir)
+        if "control_path" not in self.store.model_fields_set:
+            self.store.control_path = self.store.path.parent / "control.sqlite"
         self.store.control_path = _under(base, self.store.control_path)
         if self.pricing.overrides is not None:
             self.pricing.overrides = _under(base, self.pricing.overrides)

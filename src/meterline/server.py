@@ -14,16 +14,18 @@ from meterline.analytics.queries import Analytics
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
-from meterline.gateway.auth import MasterKeyAuthenticator
+from meterline.gateway.keys import KeyAuthenticator, KeyStore
 from meterline.gateway.metering import Recorder
 from meterline.gateway.proxy import Gateway
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import build_provider
 from meterline.store.base import store_for
+from meterline.store.control import ControlDB
 from meterline.web.analytics_api import AnalyticsApi
 from meterline.web.api import Api
 from meterline.web.auth import WebAuth
 from meterline.web.dashboard import Dashboard
+from meterline.web.keys_api import KeysApi
 
 
 class StartupError(RuntimeError):
@@ -31,7 +33,7 @@ class StartupError(RuntimeError):
 
 
 def build_app(config: Config) -> web.Application:
-    """The whole server as an aiohttp application; nothing touches disk or network until it starts."""
+    """The whole server as an aiohttp application; only the control database is opened before it starts."""
     if not config.server.master_key:
         raise ConfigError(
             "server.master_key is not set: set it in the config (e.g. master_key: ${MLINE_MASTER_KEY}) "
@@ -52,7 +54,8 @@ def build_app(config: Config) -> web.Application:
         flush_interval_s=config.store.flush_interval_ms / 1000,
         fsync_interval_s=config.store.fsync_interval_ms / 1000,
     )
-    authenticator = MasterKeyAuthenticator(config.server.master_key)
+    keys = KeyStore(ControlDB(config.store.control_path))
+    authenticator = KeyAuthenticator(config.server.master_key, keys)
     gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool))
     web_auth = WebAuth(authenticator, config.server.master_key)
     api = Api(store, loader, web_auth, price_table)
@@ -62,6 +65,7 @@ def build_app(config: Config) -> web.Application:
     app.add_routes(api.routes())
     app.add_routes(AnalyticsApi(Analytics(store, price_table, config.models), web_auth).routes())
     app.add_routes(Dashboard(web_auth).routes())
+    app.add_routes(KeysApi(keys, web_auth).routes())
 
     async def start(_: web.Application) -> None:
         try:

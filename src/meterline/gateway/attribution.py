@@ -119,3 +119,16 @@ def is_meterline_header(name: str) -> bool:
 
 def known_header_suffixes() -> list[str]:
     return sorted([*_FIELDS, *_CONTROL, "property-<name>"])
+
+
+KEY_DEFAULTS = ("team", "app", "user")
+"""Attribution a virtual key may carry; a call may add to it but not contradict it."""
+
+
+def contradiction(attribution: Attribution, key_defaults: Mapping[str, str | None]) -> str | None:
+    """The first of `KEY_DEFAULTS` the call sets to another value than its key does, or None."""
+    for name in KEY_DEFAULTS:
+        key_value, claimed = key_defaults.get(name), getattr(attribution, name)
+        if key_value is not None and claimed is not None and claimed != key_value:
+            return name
+    return None

@@ -1,13 +1,12 @@
 """Who is calling: turns a request's API key into an `Identity`, behind one small interface.
 
 Clients send their key as `Authorization: Bearer <key>` (OpenAI style) or `x-api-key`
-(Anthropic style). At this stage the only accepted key is the server's master key; virtual
-keys plug in as another `Authenticator`.
+(Anthropic style). The master key and virtual keys are checked by
+`meterline.gateway.keys.KeyAuthenticator`.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,15 +43,3 @@ def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return headers.get("x-api-key") or None
-
-
-class MasterKeyAuthenticator:
-    """Accepts only the configured master key (compared in constant time)."""
-
-    def __init__(self, master_key: str | None) -> None:
-        self._master_key = master_key.encode() if master_key else None
-
-    def authenticate(self, api_key: str) -> Identity | None:
-        if self._master_key is None or not hmac.compare_digest(api_key.encode(), self._master_key):
-            return None
-        return Identity(key_id="master", is_admin=True)

@@ -19,8 +19,15 @@ import orjson
 from aiohttp import web
 
 from meterline.config import Config
-from meterline.gateway.attribution import AttributionError, attribution_from_headers, is_meterline_header
+from meterline.gateway.attribution import (
+    PREFIX,
+    AttributionError,
+    attribution_from_headers,
+    contradiction,
+    is_meterline_header,
+)
 from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
+from meterline.gateway.keys import model_allowed
 from meterline.gateway.metering import CallContext, Outcome, Recorder, estimated_usage, outcome_of_stream
 from meterline.gateway.sse import SSESplitter
 from meterline.providers.anthropic import AnthropicDialect
@@ -194,6 +201,15 @@ class Gateway:
                     param="model",
                 )
             )
+        if not model_allowed(call.identity, requested_model):
+            raise ClientError(
+                ApiError(
+                    403,
+                    f"this key may not call model '{requested_model}'; it may call: {', '.join(call.identity.models)}",
+                    "model_not_allowed",
+                    param="model",
+                )
+            )
         provider = self.providers[model.provider]
         if provider.dialect != call.dialect.name or call.operation not in provider.operations:
             raise ClientError(
@@ -220,7 +236,21 @@ class Gateway:
             raise ClientError(ApiError(400, str(exc), "invalid_request", param=exc.param)) from exc
         except AttributionError as exc:
             raise ClientError(ApiError(400, str(exc), "invalid_header", param=exc.header)) from exc
+        header_user = attribution.user
         attribution.user = attribution.user or dialect.request_user(body)
+        key_defaults = {"team": identity.team, "app": identity.app, "user": identity.user}
+        conflict = contradiction(attribution, key_defaults)
+        if conflict is not None:
+            source = f"header '{PREFIX}{conflict}'" if conflict != "user" or header_user else "the body's user field"
+            raise ClientError(
+                ApiError(
+                    403,
+                    f"{source} says {conflict} '{getattr(attribution, conflict)}', but this key belongs to "
+                    f"{conflict} '{key_defaults[conflict]}'; a key's attribution can be refined, not contradicted",
+                    "attribution_conflict",
+                    param=f"{PREFIX}{conflict}" if source.startswith("header") else "user",
+                )
+            )
         call = CallContext(
             operation=operation,
             dialect=dialect,

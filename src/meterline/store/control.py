@@ -5,8 +5,9 @@ worker processes on the same machine lives here, in one SQLite file (WAL mode, s
 wait for a writer, and `meterline keys create` works whether or not a server is running). Each
 module that keeps state here declares its tables with `ControlDB.ensure` when it opens.
 
-`changed()` tells a process cheaply (one PRAGMA) whether another connection committed since it
-last asked, so caches of keys or budgets can be refreshed on the next request after a change.
+`changed()` tells a process cheaply (one PRAGMA) whether anything was committed since it last
+asked, so caches of keys or budgets can be refreshed on the next request after a change. It
+keeps one "last asked" per instance: give each cache its own `ControlDB`.
 """
 
 from __future__ import annotations

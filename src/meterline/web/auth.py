@@ -3,9 +3,9 @@
 The dashboard logs in with an admin key (`POST /login`); the server answers with a session
 cookie that carries the key's id and rights, signed with an HMAC of a secret derived from the
 master key, so no server-side session table is needed and a changed master key logs everyone
-out. Every JSON API handler asks `WebAuth.reader(request)` for the caller, and every analytics
-query takes the `scope` that caller may see (today: everything for admin keys; team-scoped
-read keys plug in here).
+out; a session opened with a virtual key ends when the key is revoked. Every JSON API handler
+asks `WebAuth.reader(request)` for the caller and the `Scope` it may see: everything for admin
+keys, one team's data for `read:team` keys. Only admins may change things (`WebAuth.admin`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import orjson
 from aiohttp import web
 
 from meterline.analytics.params import Scope
-from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
+from meterline.gateway.auth import Identity, api_key_from_headers
+from meterline.gateway.keys import KeyAuthenticator
 
 SESSION_COOKIE = "meterline_session"
 SESSION_SECONDS = 12 * 3600
@@ -32,7 +33,7 @@ class Unauthorized(Exception):
 
 
 class WebAuth:
-    def __init__(self, authenticator: Authenticator, master_key: str) -> None:
+    def __init__(self, authenticator: KeyAuthenticator, master_key: str) -> None:
         self.authenticator = authenticator
         self._secret = hashlib.sha256(b"meterline-session:" + master_key.encode()).digest()
 
@@ -42,6 +43,7 @@ class WebAuth:
             "key_id": identity.key_id,
             "admin": identity.is_admin,
             "team": identity.team,
+            "read_team": identity.can_read_team,
             "exp": int((now or time.time()) + SESSION_SECONDS),
         }
         body = base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
@@ -58,9 +60,14 @@ class WebAuth:
             payload = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         except (ValueError, orjson.JSONDecodeError):
             return None
-        if payload.get("exp", 0) < (now or time.time()):
+        if payload.get("exp", 0) < (now or time.time()) or not self.authenticator.is_live(payload["key_id"]):
             return None
-        return Identity(key_id=payload["key_id"], is_admin=bool(payload["admin"]), team=payload.get("team"))
+        return Identity(
+            key_id=payload["key_id"],
+            is_admin=bool(payload["admin"]),
+            team=payload.get("team"),
+            can_read_team=bool(payload.get("read_team")),
+        )
 
     def identity(self, request: web.Request) -> Identity | None:
         """The caller by API key header, else by session cookie; None when neither is valid."""
@@ -74,7 +81,22 @@ class WebAuth:
         """The caller and the data it may read; raises `Unauthorized` (401/403) otherwise."""
         identity = self.identity(request)
         if identity is None:
-            raise Unauthorized(401, "this API needs an admin key: send 'Authorization: Bearer <key>' or log in")
+            raise Unauthorized(
+                401, "this API needs an admin or read:team key: send 'Authorization: Bearer <key>' or log in"
+            )
+        if identity.is_admin:
+            return identity, Scope(team=None)
+        if identity.can_read_team and identity.team:
+            return identity, Scope(team=identity.team)
+        raise Unauthorized(403, "this key may call models but not read data; use an admin or read:team key")
+
+    def admin(self, request: web.Request) -> Identity:
+        """The caller if it holds an admin key; raises `Unauthorized` (401/403) otherwise."""
+        identity, _ = self.reader(request)
         if not identity.is_admin:
-            raise Unauthorized(403, "this API needs an admin key")
-        return identity, Scope(team=None)
+            raise Unauthorized(403, "only the master key may do this; read:team keys can only read")
+        return identity
+
+    def may_read(self, identity: Identity) -> bool:
+        """Whether `identity` may open the dashboard and read through the API."""
+        return identity.is_admin or (identity.can_read_team and identity.team is not None)

@@ -5,10 +5,11 @@ filter form (rendered from the query string, so the picker and filters work as p
 GET forms), plus empty chart and table containers. The page's own script (`static/js/<page>.js`)
 fills them from the JSON API with `fetch`, using the session cookie.
 
-Sign-in: `POST /login` takes an admin key, checks it with the gateway's authenticator and sets
-the signed session cookie of `WebAuth` (HttpOnly, SameSite=Strict, Path=/). Pages without a valid
-admin session redirect to `/login?next=<page>`. Only `/login` and `/logout` accept POSTs, and
-both refuse a request whose `Origin` (or, without it, `Referer`) names another host.
+Sign-in: `POST /login` takes the master key or a `read:team` key (which sees only its team),
+checks it with the gateway's authenticator and sets the signed session cookie of `WebAuth`
+(HttpOnly, SameSite=Strict, Path=/). Pages without a valid session redirect to
+`/login?next=<page>`. Only `/login` and `/logout` accept POSTs, and both refuse a request whose
+`Origin` (or, without it, `Referer`) names another host.
 
 Plotly.js is served from the installed `plotly` package, so the dashboard needs no network.
 """
@@ -102,7 +103,7 @@ class Dashboard:
 
     async def page(self, request: web.Request) -> web.Response:
         identity = self.auth.identity(request)
-        if identity is None or not identity.is_admin:
+        if identity is None or not self.auth.may_read(identity):
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
         page = PAGES[request.path]
         return self.render(
@@ -115,12 +116,13 @@ class Dashboard:
             ranges=RANGES,
             filters=FILTERS,
             plotly_url=PLOTLY_URL,
+            scoped_team=None if identity.is_admin else identity.team,
         )
 
     async def login_form(self, request: web.Request) -> web.Response:
         next_path = safe_next(request.query.get("next", "/"))
         identity = self.auth.identity(request)
-        if identity is not None and identity.is_admin:
+        if identity is not None and self.auth.may_read(identity):
             raise web.HTTPSeeOther(next_path)
         return self.render("login.html", next_path=next_path, error=None)
 
@@ -129,8 +131,12 @@ class Dashboard:
         form = await request.post()
         next_path = safe_next(str(form.get("next", "/")))
         identity = self.auth.authenticator.authenticate(str(form.get("key", "")).strip())
-        if identity is None or not identity.is_admin:
-            error = "That key is not valid." if identity is None else "That key is valid but is not an admin key."
+        if identity is None or not self.auth.may_read(identity):
+            error = (
+                "That key is not valid."
+                if identity is None
+                else "That key may call models but not read data: sign in with the master key or a read:team key."
+            )
             return self.render("login.html", status=401, next_path=next_path, error=error)
         response = web.HTTPSeeOther(next_path)
         response.set_cookie(
