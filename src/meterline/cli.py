@@ -56,13 +56,21 @@ def main() -> None:
 @CONFIG_OPTION
 @click.option("--host", help="Listen address (overrides server.host).")
 @click.option("--port", type=int, help="Listen port (overrides server.port).")
-def serve(config_path: Path, host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Gateway processes sharing the port (share budgets through budgets.backend: redis).",
+)
+def serve(config_path: Path, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway: proxy, meter and store every call.
 
     \b
     Examples:
       MLINE_MASTER_KEY=sk-admin-123 meterline serve --config meterline.yaml
       meterline serve --config meterline.yaml --host 0.0.0.0 --port 8080
+      meterline serve --config meterline.yaml --workers 4
 
     Point clients at it by changing only their base URL and key, e.g. OpenAI's
     base_url=http://127.0.0.1:4000/v1 or Anthropic's base_url=http://127.0.0.1:4000.
@@ -71,6 +79,10 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     from meterline.server import serve as run_server
 
     config = _load(config_path)
+    if workers > 1:
+        from meterline.workers import Supervisor
+
+        sys.exit(Supervisor(config_path, workers, host, port).run())
     if host:
         config.server.host = host
     if port:

@@ -7,6 +7,9 @@ store, gateway, web); only the CLI imports it.
 from __future__ import annotations
 
 import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -22,9 +25,10 @@ from meterline.providers.base import build_provider
 from meterline.store.base import store_for
 from meterline.store.control import ControlDB
 from meterline.web.analytics_api import AnalyticsApi
-from meterline.web.api import Api
+from meterline.web.api import Api, health
 from meterline.web.auth import WebAuth
 from meterline.web.dashboard import Dashboard
+from meterline.web.forward import PrimaryForwarder
 from meterline.web.keys_api import KeysApi
 
 
@@ -32,8 +36,25 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says what to fix."""
 
 
-def build_app(config: Config) -> web.Application:
-    """The whole server as an aiohttp application; only the control database is opened before it starts."""
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place under `meterline serve --workers N`; worker 0 owns the store."""
+
+    index: int
+    primary_port: int
+    """Worker 0's internal port on 127.0.0.1, where the others forward API and dashboard requests."""
+
+    @property
+    def owns_store(self) -> bool:
+        return self.index == 0
+
+
+def build_app(config: Config, role: WorkerRole | None = None) -> web.Application:
+    """The whole server as an aiohttp application; only the control database is opened before it starts.
+
+    Alone (`role` None) or as worker 0 it serves everything; another worker proxies LLM calls and
+    forwards the rest to worker 0 (see `meterline.web.forward`).
+    """
     if not config.server.master_key:
         raise ConfigError(
             "server.master_key is not set: set it in the config (e.g. master_key: ${MLINE_MASTER_KEY}) "
@@ -46,7 +67,7 @@ def build_app(config: Config) -> web.Application:
     price_table = PriceTable.load(
         config.pricing.overrides, {name: provider.pricing_id for name, provider in providers.items()}
     )
-    store = store_for(config.store)
+    store = store_for(config.store) if role is None or role.owns_store else None
     spool = SpoolWriter(config.store.spool_dir)
     loader = SpoolLoader(
         spool,
@@ -58,14 +79,19 @@ def build_app(config: Config) -> web.Application:
     authenticator = KeyAuthenticator(config.server.master_key, keys)
     gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool))
     web_auth = WebAuth(authenticator, config.server.master_key)
-    api = Api(store, loader, web_auth, price_table)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app.add_routes(gateway.routes())
-    app.add_routes(api.routes())
-    app.add_routes(AnalyticsApi(Analytics(store, price_table, config.models), web_auth).routes())
-    app.add_routes(Dashboard(web_auth).routes())
-    app.add_routes(KeysApi(keys, web_auth).routes())
+    forwarder = None
+    if store is None:
+        assert role is not None
+        forwarder = PrimaryForwarder(role.primary_port)
+        app.add_routes([web.get("/health", health), forwarder.route()])
+    else:
+        app.add_routes(Api(store, loader, web_auth, price_table).routes())
+        app.add_routes(AnalyticsApi(Analytics(store, price_table, config.models), web_auth).routes())
+        app.add_routes(Dashboard(web_auth).routes())
+        app.add_routes(KeysApi(keys, web_auth).routes())
 
     async def start(_: web.Application) -> None:
         try:
@@ -77,30 +103,59 @@ def build_app(config: Config) -> web.Application:
             ) from exc
         await loader.start()
         await gateway.start()
+        if forwarder is not None:
+            await forwarder.start()
 
     async def stop(_: web.Application) -> None:
+        if forwarder is not None:
+            await forwarder.stop()
         await gateway.stop()
         await loader.stop()
-        await asyncio.to_thread(store.close)
+        if store is not None:
+            await asyncio.to_thread(store.close)
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
 
 
-def serve(config: Config) -> None:
-    """Run the server until SIGINT/SIGTERM; on shutdown in-flight requests finish and the spool is loaded."""
-    app = build_app(config)
+def serve(config: Config, role: WorkerRole | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; on shutdown in-flight requests finish and the spool is loaded.
+
+    As one of several workers it binds the port with SO_REUSEPORT (the kernel spreads connections
+    over the workers), and worker 0 also listens on its internal port.
+    """
+    app = build_app(config, role)
     host, port = config.server.host, config.server.port
+    if role is None:
+        listen: dict[str, Any] = {"host": host, "port": port}
+        banner = f"meterline gateway listening on http://{host}:{port}"
+    else:
+        sockets = [_socket(host, port, reuse_port=True)]
+        if role.owns_store:
+            sockets.append(_socket("127.0.0.1", role.primary_port, reuse_port=False))
+        listen = {"sock": sockets}
+        banner = f"meterline gateway worker {role.index} listening on http://{host}:{port}"
     web.run_app(
         app,
-        host=host,
-        port=port,
+        **listen,
         access_log=None,
         shutdown_timeout=30,
-        print=lambda _: print(f"meterline gateway listening on http://{host}:{port}", flush=True),
+        print=lambda _: print(banner, flush=True),
         loop=new_event_loop(),
     )
+
+
+def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    return listener
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -12,6 +12,11 @@ so a segment replayed after a crash double-counts nothing.
 Store writes run on one thread of the lowest CPU priority, and the store is opened from it (so a
 store's own worker threads inherit that priority): loading competes with nothing the gateway
 does on the request path, even on a single core.
+
+Under `meterline serve --workers N` only worker 0 owns the store. The others run a loader with
+`store=None`: it rotates and fsyncs their spool segments in the shared spool folder and hands
+each closed segment over (forgets it); worker 0's loader adopts segments no live process holds
+and loads them, so every worker's events reach the one store.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class SpoolLoader:
     def __init__(
         self,
         writer: SpoolWriter,
-        store: Store,
+        store: Store | None,
         *,
         flush_interval_s: float,
         fsync_interval_s: float,
@@ -87,7 +92,8 @@ class SpoolLoader:
 
     async def open_store(self) -> None:
         """Open the store from the writer thread, so threads the store starts inherit its low priority."""
-        await self._in_writer_thread(self.store.open)
+        if self.store is not None:
+            await self._in_writer_thread(self.store.open)
 
     async def _in_writer_thread(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, function, *args)
@@ -103,6 +109,9 @@ class SpoolLoader:
 
     async def flush(self) -> int:
         """Rotate the spool and load every closed segment now; returns rows inserted, raises if the store fails."""
+        if self.store is None:
+            self.writer.hand_off()
+            return 0
         try:
             segments = self.writer.rotate()
             inserted = await self._in_writer_thread(self._load, segments)
@@ -189,6 +198,7 @@ class SpoolLoader:
 
     def _commit(self, segments: list[Path]) -> int:
         """Insert the events of `segments`, then delete them; read natively unless a line is torn or corrupt."""
+        assert self.store is not None, "a hand-off loader loads nothing"
         try:
             inserted = self.store.load_segments(segments)
         except SegmentFormatError:

@@ -126,6 +126,12 @@ class SpoolWriter:
         with self._lock:
             return sorted(self._closed, key=lambda path: path.name)
 
+    def hand_off(self) -> None:
+        """Close the active segment if it holds anything and leave every closed one to another process's loader."""
+        self.rotate()
+        with self._lock:
+            self._closed.clear()
+
     def delete_segment(self, path: Path) -> None:
         """Remove a closed segment whose events are committed to the store."""
         path.unlink(missing_ok=True)

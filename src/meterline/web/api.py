@@ -20,7 +20,7 @@ from meterline.pricing.table import PriceTable
 from meterline.store.base import Store
 from meterline.web.auth import Unauthorized, WebAuth
 
-__all__ = ["Api", "BadParameter", "api_error", "parse_time"]
+__all__ = ["Api", "BadParameter", "api_error", "health", "parse_time"]
 
 
 def api_error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -28,6 +28,10 @@ def api_error(status: int, message: str, param: str | None = None) -> web.Respon
     if param:
         body["error"]["param"] = param
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 class Api:
@@ -39,13 +43,10 @@ class Api:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/health", self.health),
+            web.get("/health", health),
             web.get("/ready", self.ready),
             web.get("/api/v1/events", self.events),
         ]
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
         store_ok = await asyncio.to_thread(self.store.ping)

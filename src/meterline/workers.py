@@ -1,0 +1,106 @@
+"""`meterline serve --workers N`: N gateway processes sharing one port, supervised by this one.
+
+Each worker is a full `meterline serve` process bound to the port with SO_REUSEPORT, so the
+kernel spreads connections over them and a CPU-bound event loop is no longer the ceiling.
+Worker 0 owns the event store and serves the API and dashboard (the others forward those to
+its internal port); all workers append to the shared spool folder, which worker 0 loads.
+Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`).
+
+The supervisor forwards SIGTERM/SIGINT to the workers and waits for them to finish their
+in-flight requests. A worker that dies is restarted after a second; one that exits with an
+error status within `STARTUP_GRACE_S` of starting (a locked store, a taken port; not a kill by
+a signal) is a start-up error, so the supervisor stops the others and exits with its message
+instead of restarting it forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from meterline.config import ConfigError, load_config
+
+log = logging.getLogger("meterline.workers")
+
+STARTUP_GRACE_S = 5.0
+RESTART_DELAY_S = 1.0
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+def run_worker(config_path: Path, index: int, primary_port: int, host: str | None, port: int | None) -> None:
+    """One worker process: load the config and serve as worker `index`."""
+    from meterline.server import StartupError, WorkerRole, serve
+
+    config = load_config(config_path)
+    config.server.host = host or config.server.host
+    config.server.port = port or config.server.port
+    try:
+        serve(config, WorkerRole(index=index, primary_port=primary_port))
+    except (ConfigError, StartupError) as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, count: int, host: str | None, port: int | None) -> None:
+        self.config_path = config_path
+        self.count = count
+        self.host = host
+        self.port = port
+        self.primary_port = _free_local_port()
+        self.workers: dict[int, tuple[BaseProcess, float]] = {}
+        self.stopping = False
+
+    def _start(self, index: int) -> None:
+        process = _CONTEXT.Process(
+            target=run_worker,
+            args=(self.config_path, index, self.primary_port, self.host, self.port),
+            name=f"meterline-worker-{index}",
+        )
+        process.start()
+        self.workers[index] = (process, time.monotonic())
+
+    def _stop_all(self) -> None:
+        """Ask every worker to finish its in-flight requests and exit (SIGTERM)."""
+        self.stopping = True
+        for process, _ in self.workers.values():
+            if process.is_alive():
+                process.terminate()
+
+    def run(self) -> int:
+        """Start the workers and supervise them until a signal; returns the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _signum, _frame: self._stop_all())
+        for index in range(self.count):
+            self._start(index)
+        status = 0
+        while self.workers:
+            for index, (process, started) in list(self.workers.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del self.workers[index]
+                if self.stopping:
+                    continue
+                if time.monotonic() - started < STARTUP_GRACE_S and (process.exitcode or 0) > 0:
+                    log.error("worker %d failed to start (exit %s); stopping", index, process.exitcode)
+                    status = process.exitcode or 1
+                    self._stop_all()
+                    continue
+                log.warning("worker %d exited (%s); restarting it", index, process.exitcode)
+                time.sleep(RESTART_DELAY_S)
+                self._start(index)
+            time.sleep(0.2)
+        return status
