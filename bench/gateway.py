@@ -14,7 +14,13 @@ aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay)
 If LiteLLM's proxy is installed (`pip install 'litellm[proxy]'`) the same throughput run is
 made against it and the ratio printed.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50]
+`--budgets memory redis` repeats the runs with budgets on: a team budget, a per-user quota and
+agent guardrails (loop detector included) that every call is checked and settled against but
+none trips, with counters in process or in Redis (`MLINE_BENCH_REDIS_URL`, default
+redis://127.0.0.1:6379/15, under a key prefix of its own that is deleted afterwards). Every call
+carries team, user and agent-run headers, so the runs compare like with like.
+
+Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis]
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ import time
 from pathlib import Path
 
 KEY = "bench-master-key"
+HEADERS = {
+    "authorization": f"Bearer {KEY}",
+    "content-type": "application/json",
+    "x-meterline-team": "bench",
+    "x-meterline-user": "bench-user",
+    "x-meterline-agent-run": "bench-run",
+}
+REDIS_URL = os.environ.get("MLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark me please"}]})
 
 
@@ -77,7 +91,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, f
 
     done = failed = 0
     stop_at = time.monotonic() + seconds
-    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    headers = HEADERS
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done, failed
@@ -101,7 +115,7 @@ async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
 
     latencies: list[float] = []
     failed = 0
-    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    headers = HEADERS
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal failed
@@ -144,13 +158,33 @@ def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, flo
 # ---- the benchmark -----------------------------------------------------------------------------
 
 
-def gateway_config(port: int, mock_port: int) -> str:
-    return (
+def gateway_config(port: int, mock_port: int, budgets: str, redis_prefix: str) -> str:
+    config = (
         f"server: {{host: 127.0.0.1, port: {port}, master_key: {KEY}}}\n"
         "store: {kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool}\n"
         f"providers:\n  openai: {{kind: openai, base_url: http://127.0.0.1:{mock_port}/v1, api_key: k}}\n"
         "models:\n  - {name: gpt-4o-mini, provider: openai}\n"
     )
+    if budgets == "none":
+        return config
+    backend = (
+        f"  backend: redis\n  redis_url: {REDIS_URL}\n  key_prefix: '{redis_prefix}'\n" if budgets == "redis" else ""
+    )
+    return config + (
+        f"budgets:\n{backend}"
+        "  budgets: [{scope: 'team:bench', period: day, limit_usd: 1000000, actions: [throttle, alert]}]\n"
+        "  quotas: {user_rpm: 1000000000, user_tpm: 1000000000000}\n"
+        "  agents: {max_steps: 1000000000, max_cost_usd: 1000000, max_duration_s: 86400, loop_threshold: 1000000000}\n"
+    )
+
+
+def delete_redis_keys(prefix: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
 
 
 def stored_events(db_path: Path) -> int:
@@ -184,11 +218,12 @@ def litellm_throughput(mock_port: int, concurrency: int, seconds: float, folder:
         process.wait()
 
 
-def bench(latency_ms: float, seconds: float) -> None:
+def bench(latency_ms: float, seconds: float, budgets: str) -> None:
     folder = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
     mock_port, port = free_port(), free_port()
     mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
-    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port))
+    redis_prefix = f"meterline-bench-{os.getpid()}-{port}:"
+    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port, budgets, redis_prefix))
     gateway = start(["serve", "--config", "meterline.yaml"], folder, core=0)
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -210,11 +245,15 @@ def bench(latency_ms: float, seconds: float) -> None:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=60)
     stored = stored_events(folder / "data" / "meterline.duckdb")
-    litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder)
+    if budgets == "redis":
+        delete_redis_keys(redis_prefix)
+    litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder) if budgets == "none" else None
     mock.terminate()
     mock.wait()
 
-    print(f"\n== upstream latency {latency_ms:g} ms, gateway on 1 core, concurrency {concurrency} ==")
+    print(
+        f"\n== upstream latency {latency_ms:g} ms, budgets {budgets}, gateway on 1 core, concurrency {concurrency} =="
+    )
     print(f"gateway throughput:     {through['rps']:8.0f} req/s  ({through['failed']:.0f} failed)")
     print(f"direct to mock (limit): {ceiling['rps']:8.0f} req/s  (load generator + mock on the other core)")
     print(f"latency at {rate:.0f} req/s:  direct p50 {direct['p50']:.2f} ms p99 {direct['p99']:.2f} ms")
@@ -222,9 +261,9 @@ def bench(latency_ms: float, seconds: float) -> None:
     print(f"added latency:          p50 {via['p50'] - direct['p50']:.2f} ms, p99 {via['p99'] - direct['p99']:.2f} ms")
     print(f"gateway RSS:            {rss:.0f} MB now, {peak:.0f} MB peak")
     print(f"events stored / served: {stored} / {served}  ({'equal' if stored == served else 'MISMATCH'})")
-    if litellm_rps is None:
+    if budgets == "none" and litellm_rps is None:
         print("litellm:                not installed (pip install 'litellm[proxy]' to compare)")
-    else:
+    elif litellm_rps is not None:
         print(
             f"litellm throughput:     {litellm_rps:8.0f} req/s; meterline/litellm = {through['rps'] / litellm_rps:.1f}x"
         )
@@ -246,9 +285,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
+    parser.add_argument("--budgets", nargs="+", choices=["none", "memory", "redis"], default=["none"])
     args = parser.parse_args()
-    for latency_ms in args.latency_ms:
-        bench(latency_ms, args.seconds)
+    for budgets in args.budgets:
+        for latency_ms in args.latency_ms:
+            bench(latency_ms, args.seconds, budgets)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 MASTER_KEY = "mlk-test-master-key"
+TEST_REDIS_URL = os.environ.get("MLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+"""The Redis the budget tests use (scripts/test.sh starts one when none answers on 127.0.0.1:6379)."""
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -126,8 +129,9 @@ class GatewayService(Service):
 
 
 def gateway_config(
-    mock_url: str, port: int, extra_providers: str = "", extra_models: str = "", pricing: str = ""
+    mock_url: str, port: int, extra_providers: str = "", extra_models: str = "", pricing: str = "", extra: str = ""
 ) -> str:
+    """The test gateway's config; `extra` adds top-level sections (budgets, alerts)."""
     return f"""
 server: {{host: 127.0.0.1, port: {port}, master_key: ${{TEST_MASTER_KEY}}, max_body_mb: 1}}
 store: {{kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool, flush_interval_ms: 50}}
@@ -146,7 +150,27 @@ models:
   - {{name: claude-haiku-4-5, provider: anthropic}}
   - {{name: llama-local, provider: local}}
 {extra_models}
+{extra}
 """
+
+
+@pytest.fixture(scope="session")
+def new_redis_prefix() -> Iterator[Callable[[], str]]:
+    """Makes Redis key prefixes of their own in the test Redis (`TEST_REDIS_URL`); their keys are deleted at the end."""
+    import redis
+
+    prefixes: list[str] = []
+
+    def new() -> str:
+        prefixes.append(f"mltest-{uuid.uuid4().hex[:12]}:")
+        return prefixes[-1]
+
+    yield new
+    with redis.Redis.from_url(TEST_REDIS_URL) as client:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=prefix + "*"))
+            if keys:
+                client.delete(*keys)
 
 
 @pytest.fixture(scope="session")

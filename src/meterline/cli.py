@@ -16,6 +16,7 @@ from meterline.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from meterline.analytics.source import AnalyticsSource
+    from meterline.budgets.store import BudgetStore
     from meterline.gateway.keys import KeyStore
     from meterline.pricing.table import PriceTable
 
@@ -487,3 +488,162 @@ def keys_revoke(config_path: Path, key: str) -> None:
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"revoked key '{record.name}' ({record.key_id}) at {record.revoked_at}")
+
+
+@main.group()
+def budgets() -> None:
+    """Budgets: spend limits per key, team, app, user, feature, model or the whole gateway.
+
+    Budgets in the config file are listed as `config`; `set` and `delete` manage budgets kept in
+    the control database (store.control_path), whether or not `meterline serve` is running. A
+    change applies from the next request on, in every gateway process.
+    """
+
+
+def _budget_store(config: Config) -> BudgetStore:
+    from meterline.budgets.store import BudgetStore
+    from meterline.providers.base import build_provider
+    from meterline.store.control import ControlDB
+
+    providers = {name: build_provider(name, provider) for name, provider in config.providers.items()}
+    return BudgetStore(ControlDB(config.store.control_path), config, providers)
+
+
+@budgets.command("set")
+@CONFIG_OPTION
+@click.option("--scope", required=True, help="gateway, or key:<id>, team:, app:, user:, feature: or model:<name>.")
+@click.option("--period", required=True, type=click.Choice(["hour", "day", "week", "month"]), help="Calendar period.")
+@click.option("--limit-usd", type=float, help="Spend limit in USD per period.")
+@click.option("--limit-tokens", type=int, help="Limit on input + output tokens per period.")
+@click.option(
+    "--action",
+    "actions",
+    multiple=True,
+    type=click.Choice(["alert", "throttle", "downgrade", "block"]),
+    help="What happens (repeatable; default alert): notify, 429 until reset, serve a cheaper model, 402.",
+)
+@click.option("--threshold", "thresholds", multiple=True, type=float, help="Alert at this % (repeatable; 80, 100).")
+@click.option("--downgrade", "downgrades", multiple=True, help="MODEL=CHEAPER: serve CHEAPER for MODEL when over.")
+@click.option("--name", help="Unique name (default: <scope>:<period>); setting an existing name replaces it.")
+def budgets_set(
+    config_path: Path,
+    scope: str,
+    period: str,
+    limit_usd: float | None,
+    limit_tokens: int | None,
+    actions: tuple[str, ...],
+    thresholds: tuple[float, ...],
+    downgrades: tuple[str, ...],
+    name: str | None,
+) -> None:
+    """Create or replace a budget.
+
+    \b
+    Examples:
+      meterline budgets set --scope team:search --period day --limit-usd 50 --action throttle --action alert
+      meterline budgets set --scope gateway --period month --limit-usd 2000 --action alert --threshold 50
+      meterline budgets set --scope feature:chat --period day --limit-usd 20 --action downgrade \\
+          --downgrade gpt-4o=gpt-4o-mini --name chat-downgrade
+      meterline budgets set --scope user:u-42 --period hour --limit-tokens 200000 --action block
+    """
+    from meterline.budgets.rules import describe, limit_text
+    from meterline.budgets.store import BudgetError, parse_budget
+
+    mapping = {}
+    for pair in downgrades:
+        model, separator, cheaper = pair.partition("=")
+        if not separator or not model or not cheaper:
+            raise click.BadParameter(f"{pair!r} is not MODEL=CHEAPER", param_hint="--downgrade")
+        mapping[model] = cheaper
+    definition = {"scope": scope, "period": period, "limit_usd": limit_usd, "limit_tokens": limit_tokens}
+    optional = {"name": name, "actions": list(actions), "thresholds": list(thresholds), "downgrade": mapping}
+    definition.update({field: value for field, value in optional.items() if value})
+    config = _load(config_path)
+    try:
+        budget = parse_budget(definition)
+        _budget_store(config).put(budget)
+    except BudgetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"set {describe(budget)}: {limit_text(budget)}, actions {', '.join(budget.actions)}; "
+        "it applies from the next request on"
+    )
+
+
+@budgets.command("list")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+def budgets_list(config_path: Path, as_json: bool) -> None:
+    """List budgets with this period's spend and when it resets.
+
+    Spend comes from the running server when one answers at the configured address (what its
+    counters hold), otherwise from the store file.
+
+    \b
+    Examples:
+      meterline budgets list
+      meterline budgets list --json
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from meterline.analytics.source import ServerSource, SourceError, server_answers, server_url
+    from meterline.budgets.rules import format_usd
+    from meterline.budgets.store import offline_listing
+
+    config = _load(config_path)
+    base_url = server_url(config)
+    if config.server.master_key and server_answers(base_url):
+        source = ServerSource(base_url, config.server.master_key)
+        try:
+            rows = source.get("budgets", {})["data"]
+        except SourceError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            source.close()
+    else:
+        rows = offline_listing(_budget_store(config))
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(box=box.SIMPLE, caption=f"periods in {config.budgets.timezone}")
+    table.add_column("name", no_wrap=True, min_width=max((len(row["name"]) for row in rows), default=4))
+    for column in ("scope", "period", "spent / limit", "used", "resets", "actions", "source"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        amounts = []
+        if row["limit_usd"] is not None:
+            amounts.append(f"{format_usd(row['spent_usd'])} / {format_usd(row['limit_usd'])}")
+        if row["limit_tokens"] is not None:
+            amounts.append(f"{row['spent_tokens']:,} / {row['limit_tokens']:,} tokens")
+        table.add_row(
+            row["name"],
+            row["scope"],
+            row["period"],
+            "\n".join(amounts),
+            f"{row['percent']:.1f}%",
+            row["period_end"][:16].replace("T", " "),
+            ", ".join(row["actions"]),
+            row["source"],
+        )
+    Console().print(table)
+
+
+@budgets.command("delete")
+@CONFIG_OPTION
+@click.argument("name")
+def budgets_delete(config_path: Path, name: str) -> None:
+    """Delete the budget NAME (one set with `budgets set` or the API; config budgets live in the file).
+
+    \b
+    Example:
+      meterline budgets delete team:search:day
+    """
+    from meterline.budgets.store import BudgetError
+
+    try:
+        _budget_store(_load(config_path)).delete(name)
+    except BudgetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"deleted budget '{name}'; it stops applying from the next request on")

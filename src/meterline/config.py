@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -81,12 +83,147 @@ class ModelConfig(_Section):
         return self.upstream_model or self.name
 
 
+BUDGET_SCOPES = ("key", "team", "app", "user", "feature", "model", "gateway")
+BudgetPeriod = Literal["hour", "day", "week", "month"]
+BudgetAction = Literal["alert", "throttle", "downgrade", "block"]
+
+
+class BudgetConfig(_Section):
+    """One budget: a scope, a calendar period, a limit in USD and/or tokens, and what to do when it is reached."""
+
+    name: str = Field("", description="unique; default '<scope>:<period>', e.g. 'team:search:day'")
+    scope: str = Field(description="'gateway', or '<kind>:<value>' with kind key, team, app, user, feature or model")
+    period: BudgetPeriod
+    limit_usd: float | None = Field(None, gt=0)
+    limit_tokens: int | None = Field(None, gt=0, description="input + output tokens")
+    actions: list[BudgetAction] = Field(["alert"], min_length=1)
+    thresholds: list[float] = Field([80.0, 100.0], description="percentages of the limit at which `alert` notifies")
+    downgrade: dict[str, str] = Field({}, description="requested model -> the cheaper model served when over budget")
+
+    @field_validator("scope")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        kind, separator, name = value.partition(":")
+        if value == "gateway" or (kind in BUDGET_SCOPES and kind != "gateway" and separator and name):
+            return value
+        raise ValueError(
+            f"scope {value!r} must be 'gateway' or '<kind>:<value>' with kind one of "
+            "key, team, app, user, feature, model (e.g. team:search)"
+        )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _percentages(cls, values: list[float]) -> list[float]:
+        if any(not 0 < value <= 1000 for value in values):
+            raise ValueError("thresholds are percentages of the limit, each above 0 and at most 1000")
+        return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        if self.limit_usd is None and self.limit_tokens is None:
+            raise ValueError("a budget needs limit_usd, limit_tokens or both")
+        if "throttle" in self.actions and "block" in self.actions:
+            raise ValueError("actions: choose throttle (429 until the period resets) or block (402), not both")
+        if ("downgrade" in self.actions) != bool(self.downgrade):
+            raise ValueError(
+                "the downgrade action needs a downgrade mapping {requested model: cheaper model}, "
+                "and a downgrade mapping needs the downgrade action"
+            )
+        self.actions = list(dict.fromkeys(self.actions))
+        self.name = self.name or f"{self.scope}:{self.period}"
+        if len(self.name) > 200 or "/" in self.name or not self.name.isprintable():
+            raise ValueError(f"name {self.name!r} must be at most 200 printable characters without '/'")
+        return self
+
+    @property
+    def scope_kind(self) -> str:
+        return self.scope.partition(":")[0]
+
+    @property
+    def scope_value(self) -> str | None:
+        """What the scope names (a team, a user, ...); None for the whole gateway."""
+        return self.scope.partition(":")[2] or None
+
+
+class QuotasConfig(_Section):
+    user_rpm: int | None = Field(None, ge=1, description="requests per minute each user may send")
+    user_tpm: int | None = Field(None, ge=1, description="tokens per minute (estimated input + output) per user")
+
+
+class AgentsConfig(_Section):
+    """Guardrails for every agent run (requests carrying x-meterline-agent-run)."""
+
+    max_steps: int | None = Field(None, ge=1, description="calls one run may make")
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_duration_s: float | None = Field(None, gt=0, description="from the run's first call")
+    loop_threshold: int | None = Field(
+        None, ge=2, description="the same model and normalised prompt this many times in a run is a loop"
+    )
+    action: Literal["alert", "refuse"] = "refuse"
+
+
+class BudgetsConfig(_Section):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = Field(None, description="redis://host:port/db, needed by backend: redis")
+    key_prefix: str = Field("meterline:", description="prefix of every Redis key meterline writes")
+    timezone: str = Field("UTC", description="the time zone of calendar periods, e.g. Europe/Berlin")
+    default_output_tokens: int = Field(
+        1024, ge=1, description="output tokens assumed before a call that sets no max_tokens"
+    )
+    budgets: list[BudgetConfig] = []
+    quotas: QuotasConfig = QuotasConfig()
+    agents: AgentsConfig = AgentsConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+    @property
+    def declares_limits(self) -> bool:
+        """Whether the file sets any budget, quota or agent guardrail."""
+        agents = self.agents.model_dump(exclude={"action"})
+        return bool(self.budgets) or self.quotas != QuotasConfig() or any(v is not None for v in agents.values())
+
+    @model_validator(mode="after")
+    def _redis_has_url(self) -> BudgetsConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url, e.g. redis://127.0.0.1:6379/0")
+        names = [budget.name for budget in self.budgets]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"budget names must be unique; listed more than once: {', '.join(twice)}")
+        return self
+
+
+class WebhookConfig(_Section):
+    url: str
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {value!r}")
+        return value
+
+
+class AlertsConfig(_Section):
+    webhooks: list[WebhookConfig] = Field([], description="each notice is POSTed to each of these as JSON")
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     pricing: PricingConfig = PricingConfig()
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
+    budgets: BudgetsConfig = BudgetsConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> Config:
@@ -103,8 +240,26 @@ class Config(_Section):
             seen.add(model.name)
         return self
 
+    @model_validator(mode="after")
+    def _budgets_name_known_models(self) -> Config:
+        for index, budget in enumerate(self.budgets.budgets):
+            problem = self.budget_problem(budget)
+            if problem:
+                raise ValueError(f"budgets.budgets[{index}] ({budget.name!r}): {problem}")
+        return self
+
     def model(self, name: str) -> ModelConfig | None:
         return next((model for model in self.models if model.name == name), None)
+
+    def budget_problem(self, budget: BudgetConfig) -> str | None:
+        """Why `budget` does not fit this config (it names a model that is not configured), or None."""
+        named = [("scope", budget.scope_value)] if budget.scope_kind == "model" else []
+        named += [("downgrade", name) for pair in budget.downgrade.items() for name in pair]
+        for field_name, model in named:
+            if model is not None and self.model(model) is None:
+                known = ", ".join(m.name for m in self.models) or "none"
+                return f"{field_name}: {model!r} is not a configured model (configured: {known})"
+        return None
 
     def resolve_paths(self, base: Path) -> Config:
         """Make relative store and pricing paths relative to the config file's folder."""

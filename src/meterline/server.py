@@ -13,7 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
+from meterline.alerts.notices import NoticeBoard
+from meterline.alerts.notifiers import build_notifiers
 from meterline.analytics.queries import Analytics
+from meterline.budgets.counters import CountersUnavailable, counters_for
+from meterline.budgets.guard import SpendGuard
+from meterline.budgets.rules import budget_problem
+from meterline.budgets.store import BudgetStore
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
@@ -27,9 +33,11 @@ from meterline.store.control import ControlDB
 from meterline.web.analytics_api import AnalyticsApi
 from meterline.web.api import Api, health
 from meterline.web.auth import WebAuth
+from meterline.web.budgets_api import BudgetsApi
 from meterline.web.dashboard import Dashboard
 from meterline.web.forward import PrimaryForwarder
 from meterline.web.keys_api import KeysApi
+from meterline.web.notices_api import NoticesApi
 
 
 class StartupError(RuntimeError):
@@ -75,9 +83,29 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
         flush_interval_s=config.store.flush_interval_ms / 1000,
         fsync_interval_s=config.store.fsync_interval_ms / 1000,
     )
+    budgets = config.budgets
+    for budget in budgets.budgets:
+        problem = budget_problem(budget, config, providers)
+        if problem is not None:
+            raise ConfigError(f"budgets.budgets ({budget.name!r}): {problem}")
+    if role is not None and budgets.backend == "memory" and budgets.declares_limits:
+        raise ConfigError(
+            "serve --workers would count budgets, quotas and guardrails in each worker apart with "
+            "budgets.backend: memory; set budgets.backend: redis (and redis_url) so the workers share them"
+        )
     keys = KeyStore(ControlDB(config.store.control_path))
     authenticator = KeyAuthenticator(config.server.master_key, keys)
-    gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool))
+    notices = NoticeBoard(ControlDB(config.store.control_path), build_notifiers(config.alerts))
+    guard = SpendGuard(
+        config,
+        providers,
+        price_table,
+        counters_for(budgets.backend, budgets.redis_url),
+        BudgetStore(ControlDB(config.store.control_path), config, providers),
+        notices,
+        store,
+    )
+    gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool), guard)
     web_auth = WebAuth(authenticator, config.server.master_key)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
@@ -92,6 +120,8 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
         app.add_routes(AnalyticsApi(Analytics(store, price_table, config.models), web_auth).routes())
         app.add_routes(Dashboard(web_auth).routes())
         app.add_routes(KeysApi(keys, web_auth).routes())
+        app.add_routes(BudgetsApi(guard, web_auth).routes())
+        app.add_routes(NoticesApi(notices, web_auth).routes())
 
     async def start(_: web.Application) -> None:
         try:
@@ -102,6 +132,10 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
                 "(a DuckDB file admits one writing process: is another `meterline serve` using it?)"
             ) from exc
         await loader.start()
+        try:
+            await guard.start()  # after the loader has loaded what the spool held, so budgets see all spend
+        except CountersUnavailable as exc:
+            raise StartupError(f"budgets.backend is {budgets.backend}: {exc}") from exc
         await gateway.start()
         if forwarder is not None:
             await forwarder.start()
@@ -110,6 +144,7 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
         if forwarder is not None:
             await forwarder.stop()
         await gateway.stop()
+        await guard.stop()
         await loader.stop()
         if store is not None:
             await asyncio.to_thread(store.close)

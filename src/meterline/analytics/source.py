@@ -84,10 +84,15 @@ def server_answers(base_url: str) -> bool:
         return False
 
 
+def server_url(config: Config) -> str:
+    """Where the configured server answers on this machine."""
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    return f"http://{host}:{config.server.port}"
+
+
 def open_source(config: Config) -> AnalyticsSource:
     """The running server's API if one answers at the configured address, else the store file."""
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
-    base_url = f"http://{host}:{config.server.port}"
+    base_url = server_url(config)
     if server_answers(base_url):
         if not config.server.master_key:
             raise SourceError("a server is running but server.master_key is not set in the config")

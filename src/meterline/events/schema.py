@@ -62,6 +62,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     streaming: bool = False
     provider: str
     requested_model: str
+    served_model: str | None = None
+    """The configured model that served the attempt: `requested_model` unless a budget downgraded it."""
     upstream_model: str | None = None
     response_model: str | None = None
     status_code: int

@@ -33,14 +33,30 @@ class CallContext:
     attribution: Attribution
     provider: str = ""
     requested_model: str = ""
+    served_model: str = ""
+    """The configured model that serves the call when a budget downgraded it; empty: the requested one."""
     upstream_model: str = ""
     streaming: bool = False
     request_id: str = field(default_factory=new_id)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_perf: float = field(default_factory=time.perf_counter)
+    events: list[UsageEvent] = field(default_factory=list)
+    """The events recorded for this call so far, one per attempt."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started_perf) * 1000
+
+    @property
+    def team(self) -> str | None:
+        return self.attribution.team or self.identity.team
+
+    @property
+    def app(self) -> str | None:
+        return self.attribution.app or self.identity.app
+
+    @property
+    def user(self) -> str | None:
+        return self.attribution.user or self.identity.user
 
 
 @dataclass
@@ -105,6 +121,7 @@ class Recorder:
             streaming=call.streaming,
             provider=call.provider,
             requested_model=call.requested_model,
+            served_model=call.served_model or call.requested_model,
             upstream_model=call.upstream_model,
             response_model=outcome.response_model,
             status_code=outcome.status_code,
@@ -120,9 +137,9 @@ class Recorder:
             usage_source="estimated" if outcome.estimated else "provider",
             usage_estimator=estimator_name() if outcome.estimated else None,
             key_id=call.identity.key_id,
-            team=attribution.team or call.identity.team,
-            app=attribution.app or call.identity.app,
-            user=attribution.user or call.identity.user,
+            team=call.team,
+            app=call.app,
+            user=call.user,
             feature=attribution.feature,
             env=attribution.env,
             prompt_id=attribution.prompt_id,
@@ -137,4 +154,5 @@ class Recorder:
             event.cost_usd = priced.cost_usd
             event.price_version = priced.price_version
         self.spool.append(event)
+        call.events.append(event)
         return event

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from meterline.budgets.guard import Refused, SpendGuard
 from meterline.config import Config
 from meterline.gateway.attribution import (
     PREFIX,
@@ -107,11 +108,13 @@ class Gateway:
         providers: dict[str, ProviderFamily],
         authenticator: Authenticator,
         recorder: Recorder,
+        guard: SpendGuard,
     ) -> None:
         self.config = config
         self.providers = providers
         self.authenticator = authenticator
         self.recorder = recorder
+        self.guard = guard
         self.session: aiohttp.ClientSession | None = None
         self._timeouts = {
             name: aiohttp.ClientTimeout(
@@ -288,6 +291,37 @@ class Gateway:
             provider = self.resolve(call, call.body["model"])
         except ClientError as exc:
             return self.error_response(dialect, exc.error)
+        if operation == "count_tokens":  # costs nothing, so no budget applies
+            return await self.forward(request, call, provider, raw)
+        try:
+            admission = await self.guard.admit(call)
+        except Refused as exc:
+            return self.failed(call, exc.error, "budget_blocked")
+        if admission is None:
+            return await self.forward(request, call, provider, raw)
+        if admission.served_model is not None:
+            provider = self.serve_instead(call, admission.served_model)
+        try:
+            return await self.forward(request, call, provider, raw)
+        finally:
+            self.guard.settle(admission, call.events)
+
+    def serve_instead(self, call: CallContext, model: str) -> ProviderFamily:
+        """Serve the call with another configured model, keeping what was requested.
+
+        A budget's downgrade is the operator's policy: the guard has checked that the model's
+        provider takes this endpoint's calls, and a key's model list does not apply to it.
+        """
+        configured = self.config.model(model)
+        assert configured is not None, "budget downgrades name configured models (checked at start-up)"
+        call.served_model, call.provider, call.upstream_model = model, configured.provider, configured.upstream_name
+        return self.providers[configured.provider]
+
+    async def forward(
+        self, request: web.Request, call: CallContext, provider: ProviderFamily, raw: bytes
+    ) -> web.StreamResponse:
+        """Send the call upstream and relay the answer, recording an event for the attempt."""
+        operation = call.operation
         prepared = provider.prepare(operation, call.body, raw, call.upstream_model, forward_headers(request.headers))
         assert self.session is not None, "Gateway.start() was not awaited"
         try:

@@ -101,9 +101,15 @@ def _insert_new(cursor: Connection, source: str, earliest: datetime, has_duplica
     return inserted
 
 
+def _add_served_model(cursor: Connection) -> None:
+    add_columns("served_model")(cursor)
+    cursor.execute("UPDATE events SET served_model = requested_model WHERE served_model IS NULL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the events table", _create_events),
     Migration(2, "add saved_usd (what a cache hit saved)", add_columns("saved_usd")),
+    Migration(3, "add served_model (the model that served; differs from requested on a downgrade)", _add_served_model),
 )
 
 

@@ -9,6 +9,7 @@ endpoints are in `meterline.web.analytics_api`; both answer errors with `api_err
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -21,6 +22,10 @@ from meterline.store.base import Store
 from meterline.web.auth import Unauthorized, WebAuth
 
 __all__ = ["Api", "BadParameter", "api_error", "health", "parse_time"]
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def api_error(status: int, message: str, param: str | None = None) -> web.Response:
