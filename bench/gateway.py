@@ -6,8 +6,8 @@ aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay)
 
 1. throughput: closed loop, fixed concurrency, for a few seconds, through the gateway (and
    straight to the mock, as the ceiling of the load generator + mock on their core);
-2. added latency: open loop at half the measured gateway throughput, direct vs through the
-   gateway, p50/p99 of each and the difference;
+2. added latency: open loop at half the measured gateway throughput (or `--rate`), direct vs
+   through the gateway, p50/p99 of each and the difference;
 3. the gateway's RSS, and events stored (counted in the DuckDB file after a graceful stop) vs
    requests the gateway answered.
 
@@ -20,7 +20,7 @@ none trips, with counters in process or in Redis (`MLINE_BENCH_REDIS_URL`, defau
 redis://127.0.0.1:6379/15, under a key prefix of its own that is deleted afterwards). Every call
 carries team, user and agent-run headers, so the runs compare like with like.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis]
+Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis] [--rate 200]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def litellm_throughput(mock_port: int, concurrency: int, seconds: float, folder:
         process.wait()
 
 
-def bench(latency_ms: float, seconds: float, budgets: str) -> None:
+def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
     mock_port, port = free_port(), free_port()
     mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
@@ -236,7 +236,7 @@ def bench(latency_ms: float, seconds: float, budgets: str) -> None:
         through = run_load("closed", gateway_url, concurrency, seconds)
         served += through["ok"]
         ceiling = run_load("closed", direct_url, concurrency, seconds)
-        rate = through["rps"] / 2
+        rate = fixed_rate or through["rps"] / 2
         direct = run_load("open", direct_url, rate, seconds)
         via = run_load("open", gateway_url, rate, seconds)
         served += via["ok"]
@@ -286,10 +286,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
     parser.add_argument("--budgets", nargs="+", choices=["none", "memory", "redis"], default=["none"])
+    parser.add_argument("--rate", type=float, help="req/s of the latency runs (default: half the throughput)")
     args = parser.parse_args()
     for budgets in args.budgets:
         for latency_ms in args.latency_ms:
-            bench(latency_ms, args.seconds, budgets)
+            bench(latency_ms, args.seconds, budgets, args.rate)
 
 
 if __name__ == "__main__":

@@ -256,9 +256,7 @@ class KeyAuthenticator:
             return Identity(key_id=MASTER_KEY_ID, is_admin=True)
         if not api_key.startswith(KEY_PREFIX):
             return None
-        if self.keys.db.changed():
-            self._live = self.keys.live_by_hash()
-        found = self._live.get(hash_key(api_key))
+        found = self._live_keys().get(hash_key(api_key))
         if found is None:
             return None
         identity, expires_at = found
@@ -270,10 +268,14 @@ class KeyAuthenticator:
         """Whether the key with this id still works (for sessions opened with it)."""
         if key_id == MASTER_KEY_ID:
             return True
-        if self.keys.db.changed():
-            self._live = self.keys.live_by_hash()
         now = datetime.now(UTC)
         return any(
             identity.key_id == key_id and (expires_at is None or expires_at > now)
-            for identity, expires_at in self._live.values()
+            for identity, expires_at in self._live_keys().values()
         )
+
+    def _live_keys(self) -> dict[str, tuple[Identity, datetime | None]]:
+        """The cached live keys by hash, reloaded first if the control database changed."""
+        if self.keys.db.changed():
+            self._live = self.keys.live_by_hash()
+        return self._live

@@ -151,13 +151,8 @@ class MessagesStreamMeter(StreamMeter):
         self.usage_fields = _UsageFields()
 
     def feed(self, event: SSEEvent) -> bytes | None:
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            self.state.error_class = "invalid_response"
-            self.state.error_message = "sent a stream event that is not JSON"
-            return event.raw
-        if not isinstance(payload, dict):
+        payload = self.json_object(event)
+        if payload is None:
             return event.raw
         kind = payload.get("type") or event.event
         if kind == "message_start" and isinstance(payload.get("message"), dict):

@@ -70,6 +70,19 @@ class StreamMeter(ABC):
         usage event before forwarding it.
         """
 
+    def json_object(self, event: SSEEvent, unit: str = "event") -> dict[str, Any] | None:
+        """The event's data as a JSON object, or None; data that is not JSON marks the stream invalid.
+
+        `unit` names what the provider sends ("event", "chunk") in the error message.
+        """
+        try:
+            payload = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            self.state.error_class = "invalid_response"
+            self.state.error_message = f"sent a stream {unit} that is not JSON"
+            return None
+        return payload if isinstance(payload, dict) else None
+
 
 @dataclass(frozen=True)
 class PreparedRequest:

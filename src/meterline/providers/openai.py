@@ -216,13 +216,8 @@ class ChatStreamMeter(StreamMeter):
         if event.data == "[DONE]":
             self.state.finished = True
             return event.raw
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            self.state.error_class = "invalid_response"
-            self.state.error_message = "sent a stream chunk that is not JSON"
-            return event.raw
-        if not isinstance(chunk, dict):
+        chunk = self.json_object(event, unit="chunk")
+        if chunk is None:
             return event.raw
         if isinstance(chunk.get("error"), dict):
             self.state.error_class = "server_error"
@@ -257,13 +252,8 @@ class ResponsesStreamMeter(StreamMeter):
     """Responses API typed events; `response.completed` (or incomplete/failed) carries usage and closes."""
 
     def feed(self, event: SSEEvent) -> bytes | None:
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            self.state.error_class = "invalid_response"
-            self.state.error_message = "sent a stream event that is not JSON"
-            return event.raw
-        if not isinstance(payload, dict):
+        payload = self.json_object(event)
+        if payload is None:
             return event.raw
         kind = event.event or payload.get("type")
         if kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from meterline.analytics.params import BadParameter, NotFound
 from meterline.analytics.queries import ENDPOINTS, Analytics
-from meterline.web.api import api_error
-from meterline.web.auth import Unauthorized, WebAuth
+from meterline.web.api import api_error, caller_checked
+from meterline.web.auth import WebAuth
 
 PREFIX = "/api/v1/"
 
@@ -28,11 +28,9 @@ class AnalyticsApi:
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PREFIX + pattern, self.answer) for pattern in ENDPOINTS]
 
+    @caller_checked
     async def answer(self, request: web.Request) -> web.Response:
-        try:
-            _, scope = self.auth.reader(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        _, scope = self.auth.reader(request)
         endpoint = request.path.removeprefix(PREFIX)
         try:
             body = await asyncio.to_thread(self.analytics.run, endpoint, dict(request.query), scope)

@@ -9,6 +9,8 @@ endpoints are in `meterline.web.analytics_api`; both answer errors with `api_err
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -26,6 +28,22 @@ __all__ = ["Api", "BadParameter", "api_error", "health", "parse_time"]
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+Handler = Callable[[Any, web.Request], Awaitable[web.StreamResponse]]
+
+
+def caller_checked(handler: Handler) -> Handler:
+    """Decorates an API handler method so the `Unauthorized` its auth check raises answers as a 401/403."""
+
+    @functools.wraps(handler)
+    async def answer(self: Any, request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(self, request)
+        except Unauthorized as exc:
+            return api_error(exc.status, str(exc))
+
+    return answer
 
 
 def api_error(status: int, message: str, param: str | None = None) -> web.Response:
@@ -62,11 +80,9 @@ class Api:
             {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
         )
 
+    @caller_checked
     async def events(self, request: web.Request) -> web.Response:
-        try:
-            _, scope = self.auth.reader(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        _, scope = self.auth.reader(request)
         try:
             body = await asyncio.to_thread(events_page, self.store, self.price_table, dict(request.query), scope)
         except BadParameter as exc:

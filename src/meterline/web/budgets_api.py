@@ -18,8 +18,8 @@ from aiohttp import web
 from meterline.budgets.counters import CountersUnavailable
 from meterline.budgets.guard import SpendGuard
 from meterline.budgets.store import BudgetError, parse_budget
-from meterline.web.api import api_error, json_response
-from meterline.web.auth import Unauthorized, WebAuth
+from meterline.web.api import api_error, caller_checked, json_response
+from meterline.web.auth import WebAuth
 
 PATH = "/api/v1/budgets"
 
@@ -36,20 +36,17 @@ class BudgetsApi:
             web.delete(PATH + "/{name}", self.delete_budget),
         ]
 
+    @caller_checked
     async def list_budgets(self, request: web.Request) -> web.Response:
+        self.auth.admin(request)
         try:
-            self.auth.admin(request)
             return json_response({"data": await self.guard.listing()})
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
         except CountersUnavailable as exc:
             return api_error(503, f"the budget counters do not answer: {exc}")
 
+    @caller_checked
     async def set_budget(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         try:
             definition = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
@@ -62,11 +59,9 @@ class BudgetsApi:
         listing = await self.guard.listing()
         return json_response(next(row for row in listing if row["name"] == budget.name), status=201)
 
+    @caller_checked
     async def delete_budget(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         name = request.match_info["name"]
         try:
             await asyncio.to_thread(self.guard.budget_store.delete, name)

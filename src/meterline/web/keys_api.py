@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
-import orjson
 from aiohttp import web
 
 from meterline.gateway.keys import KeySpec, KeyStore, KeyStoreError
-from meterline.web.api import api_error
-from meterline.web.auth import Unauthorized, WebAuth
+from meterline.web.api import api_error, caller_checked, json_response
+from meterline.web.auth import WebAuth
 
 PATH = "/api/v1/keys"
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 class KeysApi:
@@ -39,11 +33,9 @@ class KeysApi:
             web.delete(PATH + "/{key}", self.revoke),
         ]
 
+    @caller_checked
     async def create(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         try:
             spec = msgspec.json.decode(await request.read(), type=KeySpec)
         except msgspec.ValidationError as exc:
@@ -54,27 +46,23 @@ class KeysApi:
             key, record = await asyncio.to_thread(self.keys.create, spec)
         except KeyStoreError as exc:
             return api_error(400, str(exc), exc.field)
-        return _json({**record.listing(datetime.now(UTC)), "key": key}, status=201)
+        return json_response({**record.listing(datetime.now(UTC)), "key": key}, status=201)
 
+    @caller_checked
     async def list_keys(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         now = datetime.now(UTC)
         records = await asyncio.to_thread(self.keys.records)
-        return _json({"data": [record.listing(now) for record in records]})
+        return json_response({"data": [record.listing(now) for record in records]})
 
+    @caller_checked
     async def revoke(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         try:
             record = await asyncio.to_thread(self.keys.revoke, request.match_info["key"])
         except KeyStoreError as exc:
             return api_error(404, str(exc))
-        return _json(record.listing(datetime.now(UTC)))
+        return json_response(record.listing(datetime.now(UTC)))
 
 
 def _field_of(error: msgspec.ValidationError) -> str | None:

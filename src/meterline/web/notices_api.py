@@ -11,8 +11,8 @@ import asyncio
 from aiohttp import web
 
 from meterline.alerts.notices import NoticeBoard
-from meterline.web.api import api_error, json_response
-from meterline.web.auth import Unauthorized, WebAuth
+from meterline.web.api import api_error, caller_checked, json_response
+from meterline.web.auth import WebAuth
 
 MAX_LIMIT = 1000
 
@@ -25,11 +25,9 @@ class NoticesApi:
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/api/v1/notices", self.list_notices)]
 
+    @caller_checked
     async def list_notices(self, request: web.Request) -> web.Response:
-        try:
-            self.auth.admin(request)
-        except Unauthorized as exc:
-            return api_error(exc.status, str(exc))
+        self.auth.admin(request)
         limit_text = request.query.get("limit", "100")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
             return api_error(400, f"'limit' must be a whole number from 1 to {MAX_LIMIT}", "limit")
