@@ -41,7 +41,9 @@ class StoreConfig(_Section):
         description="SQLite file for virtual keys and budgets, shared by every process on the machine "
         "(default: control.sqlite beside the store file)",
     )
-    flush_interval_ms: int = Field(250, ge=10, description="how often the spool is loaded into the store")
+    flush_interval_ms: int = Field(
+        1000, ge=10, description="how often the spool is loaded into the store (each load has a fixed cost)"
+    )
     fsync_interval_ms: int = Field(200, ge=10, description="how often spool writes are fsynced")
 
 
