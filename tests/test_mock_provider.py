@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 from aiohttp import web
@@ -399,6 +400,29 @@ def test_fault_times_lets_the_sdk_retry_to_success(mock_url: str) -> None:
     assert completion.choices[0].message.content == DEFAULT_REPLY
     attempts = [r for r in received(mock_url) if r["headers"].get("x-mock-fault-key") == "retry-test"]
     assert len(attempts) == 3
+
+
+def test_fault_model_faults_only_the_named_models(mock_url: str) -> None:
+    headers = {"x-mock-fault": "server_error", "x-mock-fault-model": "gpt-4o, other"}
+    assert raw_post(mock_url, "/v1/chat/completions", {**CHAT, "model": "gpt-4o"}, headers).status == 500
+    assert raw_post(mock_url, "/v1/chat/completions", {**CHAT, "model": "gpt-4o-mini"}, headers).status == 200
+
+
+def test_stall_fault_goes_silent_mid_answer(mock_url: str) -> None:
+    headers = {"x-mock-fault": "stall", "x-mock-timeout-s": "2"}
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    seen = []
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream("POST", mock_url + "/v1/chat/completions", json=body, headers=headers, timeout=0.5) as reply,
+    ):
+        seen.extend(reply.iter_text())
+    assert "word0" in "".join(seen) and "[DONE]" not in "".join(seen)
+    headers["x-mock-timeout-s"] = "0.1"
+    with httpx.stream("POST", mock_url + "/v1/chat/completions", json=body, headers=headers, timeout=5) as reply:
+        assert "[DONE]" in reply.read().decode()
+    reply = httpx.post(mock_url + "/v1/chat/completions", json=CHAT, headers=headers, timeout=5)
+    assert reply.json()["choices"][0]["message"]["content"] == DEFAULT_REPLY
 
 
 def test_fault_rate_is_deterministic() -> None:

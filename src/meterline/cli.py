@@ -13,6 +13,7 @@ import click
 import orjson
 
 from meterline.config import Config, ConfigError, load_config
+from meterline.mock_provider.faults import FAULT_NAMES
 
 if TYPE_CHECKING:
     from meterline.analytics.source import AnalyticsSource
@@ -102,19 +103,7 @@ def serve(config_path: Path, host: str | None, port: int | None, workers: int) -
 @click.option("--output-tokens", type=int, default=16, show_default=True, help="Default reply length in tokens.")
 @click.option(
     "--fault",
-    type=click.Choice(
-        [
-            "rate_limit",
-            "server_error",
-            "overloaded",
-            "timeout",
-            "malformed",
-            "disconnect",
-            "truncated",
-            "context_length",
-            "auth",
-        ]
-    ),
+    type=click.Choice(FAULT_NAMES),
     help="Inject this fault (per request: header x-mock-fault).",
 )
 @click.option(
@@ -134,8 +123,10 @@ def mock_provider(
     """Run a fake LLM provider speaking the OpenAI and Anthropic wire formats.
 
     Deterministic token counts, configurable latency and fault injection, for demos,
-    load tests and CI. Per-request headers: x-mock-fault, x-mock-output-tokens,
-    x-mock-cached-tokens, x-mock-cache-write-tokens, x-mock-reasoning-tokens.
+    load tests and CI. Per-request headers: x-mock-fault (with x-mock-fault-times,
+    x-mock-fault-key, x-mock-fault-model, x-mock-retry-after, x-mock-timeout-s),
+    x-mock-output-tokens, x-mock-cached-tokens, x-mock-cache-write-tokens,
+    x-mock-reasoning-tokens.
 
     \b
     Examples:

@@ -53,7 +53,10 @@ class PricingConfig(_Section):
 
 class TimeoutConfig(_Section):
     connect_s: float = Field(10, gt=0)
-    first_byte_s: float = Field(120, gt=0, description="from sending the request to the response's first byte")
+    first_byte_s: float = Field(
+        120, gt=0, description="from sending the request to the answer's headers and, for a stream, its first event"
+    )
+    idle_s: float = Field(60, gt=0, description="longest silence between two parts of a stream")
     total_s: float = Field(600, gt=0)
 
 
@@ -79,6 +82,21 @@ class ModelConfig(_Section):
     name: str = Field(min_length=1)
     provider: str
     upstream_model: str | None = None
+    retries: int | None = Field(
+        None, ge=0, le=10, description="retries of a retryable failure on this model (default: resilience.retries)"
+    )
+    fallbacks: list[str] = Field([], description="configured models tried in order when this one keeps failing")
+    context_window: int | None = Field(
+        None, gt=0, description="maximum input tokens (default: from the price table's data, when it lists one)"
+    )
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise ValueError(f"fallbacks lists {', '.join(twice)} more than once")
+        return values
 
     @property
     def upstream_name(self) -> str:
@@ -218,6 +236,32 @@ class AlertsConfig(_Section):
     webhooks: list[WebhookConfig] = Field([], description="each notice is POSTed to each of these as JSON")
 
 
+class BackoffConfig(_Section):
+    """Exponential backoff with full jitter: retry n waits a random time up to min(max_s, initial_s * 2^(n-1))."""
+
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(8, gt=0)
+
+
+class BreakerConfig(_Section):
+    """A circuit breaker per provider and model: `failures` within `window_s` open it for `cooldown_s`."""
+
+    failures: int | None = Field(
+        None, ge=1, description="retryable failures within window_s that open the breaker (unset: no breaker)"
+    )
+    window_s: float = Field(60, gt=0)
+    cooldown_s: float = Field(30, gt=0, description="how long an open breaker skips its model before one probe")
+
+
+class ResilienceConfig(_Section):
+    """Retries, the deadline of one request and circuit breakers (a model may set its own `retries`)."""
+
+    retries: int = Field(0, ge=0, le=10, description="retries of a retryable failure per model")
+    backoff: BackoffConfig = BackoffConfig()
+    deadline_s: float = Field(300, gt=0, description="all attempts and waits of one request together")
+    breaker: BreakerConfig = BreakerConfig()
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -226,6 +270,7 @@ class Config(_Section):
     models: list[ModelConfig] = []
     budgets: BudgetsConfig = BudgetsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> Config:
@@ -240,6 +285,15 @@ class Config(_Section):
             if model.name in seen:
                 raise ValueError(f"models[{index}]: the name {model.name!r} is listed twice; names must be unique")
             seen.add(model.name)
+        for index, model in enumerate(self.models):
+            for fallback in model.fallbacks:
+                if fallback == model.name:
+                    raise ValueError(f"models[{index}] ({model.name!r}): fallbacks lists the model itself")
+                if fallback not in seen:
+                    raise ValueError(
+                        f"models[{index}] ({model.name!r}): fallback {fallback!r} is not a configured model "
+                        f"(configured: {', '.join(m.name for m in self.models)})"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from meterline.budgets.store import BudgetStore
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
+from meterline.gateway.clock import Clock
 from meterline.gateway.keys import KeyAuthenticator, KeyStore
 from meterline.gateway.metering import Recorder
 from meterline.gateway.proxy import Gateway
@@ -38,6 +39,7 @@ from meterline.web.dashboard import Dashboard
 from meterline.web.forward import PrimaryForwarder
 from meterline.web.keys_api import KeysApi
 from meterline.web.notices_api import NoticesApi
+from meterline.web.providers_api import ProvidersApi
 
 
 class StartupError(RuntimeError):
@@ -57,11 +59,12 @@ class WorkerRole:
         return self.index == 0
 
 
-def build_app(config: Config, role: WorkerRole | None = None) -> web.Application:
+def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | None = None) -> web.Application:
     """The whole server as an aiohttp application; only the control database is opened before it starts.
 
     Alone (`role` None) or as worker 0 it serves everything; another worker proxies LLM calls and
-    forwards the rest to worker 0 (see `meterline.web.forward`).
+    forwards the rest to worker 0 (see `meterline.web.forward`). `clock` times retries and circuit
+    breakers (tests pass one whose waits return at once).
     """
     if not config.server.master_key:
         raise ConfigError(
@@ -105,7 +108,7 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
         notices,
         store,
     )
-    gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool), guard)
+    gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool), guard, clock)
     web_auth = WebAuth(authenticator, config.server.master_key)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
@@ -122,6 +125,7 @@ def build_app(config: Config, role: WorkerRole | None = None) -> web.Application
         app.add_routes(KeysApi(keys, web_auth).routes())
         app.add_routes(BudgetsApi(guard, web_auth).routes())
         app.add_routes(NoticesApi(notices, web_auth).routes())
+        app.add_routes(ProvidersApi(gateway.breakers, web_auth).routes())
 
     async def start(_: web.Application) -> None:
         try:

@@ -42,8 +42,18 @@ class CallContext:
     started_perf: float = field(default_factory=time.perf_counter)
     events: list[UsageEvent] = field(default_factory=list)
     """The events recorded for this call so far, one per attempt."""
+    attempt: int = 0
+    """The number of the upstream attempt under way (1 for the first); 0 before any."""
+
+    def begin_attempt(self) -> None:
+        """Count a new upstream attempt; attempts after the first are timed from their own start."""
+        self.attempt += 1
+        if self.attempt > 1:
+            self.started_at = datetime.now(UTC)
+            self.started_perf = time.perf_counter()
 
     def elapsed_ms(self) -> float:
+        """Milliseconds since the attempt under way started (the first: since the request arrived)."""
         return (time.perf_counter() - self.started_perf) * 1000
 
     @property
@@ -102,14 +112,15 @@ class Recorder:
         self.price_table = price_table
         self.spool = spool
 
-    def record(self, call: CallContext, outcome: Outcome, attempt: int = 1) -> UsageEvent:
+    def record(self, call: CallContext, outcome: Outcome) -> UsageEvent:
+        """Record the outcome of the call's attempt under way (a refusal before any attempt is attempt 1)."""
         usage = outcome.usage or Usage()
         attribution = call.attribution
         duration_ms = call.elapsed_ms()
         event = UsageEvent(
             event_id=new_id(),
             request_id=call.request_id,
-            attempt=attempt,
+            attempt=max(call.attempt, 1),
             trace_id=attribution.trace_id,
             span_id=new_span_id(),
             parent_span_id=attribution.parent_span_id,

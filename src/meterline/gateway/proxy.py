@@ -11,7 +11,10 @@ the shape of the API it called.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,13 +31,27 @@ from meterline.gateway.attribution import (
     is_meterline_header,
 )
 from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
+from meterline.gateway.breaker import Breaker, BreakerBoard
+from meterline.gateway.clock import Clock, SystemClock
 from meterline.gateway.keys import model_allowed
 from meterline.gateway.metering import CallContext, Outcome, Recorder, estimated_usage, outcome_of_stream
+from meterline.gateway.retries import (
+    ATTEMPTS_HEADER,
+    RETRIES_HEADER,
+    RetriesHeaderInvalid,
+    Routes,
+    backoff_s,
+    larger_window,
+    requested_retries,
+    retry_after_s,
+    retryable,
+)
 from meterline.gateway.sse import SSESplitter
 from meterline.providers.anthropic import AnthropicDialect
 from meterline.providers.base import (
     ApiError,
     Dialect,
+    PreparedRequest,
     ProviderFamily,
     RequestInvalid,
     classify_upstream_error,
@@ -77,6 +94,21 @@ OPENAI = OpenAIDialect()
 ANTHROPIC = AnthropicDialect()
 
 
+@dataclass(slots=True)
+class Attempt:
+    """How one upstream attempt ended, as the retry loop sees it."""
+
+    response: web.StreamResponse
+    """What the client gets if this attempt is the last."""
+    error_class: str
+    status: int
+    message: str | None = None
+    retry_after_s: float | None = None
+    """The wait the provider asked for before trying again."""
+    sent: bool = False
+    """Bytes of this attempt reached the client (a started stream): it is final whatever happened."""
+
+
 class ClientError(Exception):
     """A request refused before it reaches a provider."""
 
@@ -109,19 +141,23 @@ class Gateway:
         authenticator: Authenticator,
         recorder: Recorder,
         guard: SpendGuard,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
         self.authenticator = authenticator
         self.recorder = recorder
         self.guard = guard
+        self.clock = clock or SystemClock()
+        self.rng = random.Random()
+        self.model_routes = Routes(config, providers, recorder.price_table)
+        self.breakers = BreakerBoard(
+            config.resilience.breaker, [(model.provider, model.name) for model in config.models], self.clock
+        )
         self.session: aiohttp.ClientSession | None = None
+        # first-byte, idle and total limits are kept by the gateway itself (see `attempt` and `stream`)
         self._timeouts = {
-            name: aiohttp.ClientTimeout(
-                total=provider.config.timeout.total_s,
-                sock_connect=provider.config.timeout.connect_s,
-                sock_read=provider.config.timeout.first_byte_s,
-            )
+            name: aiohttp.ClientTimeout(total=None, sock_connect=provider.config.timeout.connect_s)
             for name, provider in providers.items()
         }
 
@@ -289,83 +325,179 @@ class Gateway:
         try:
             call, raw = await self.accept(request, dialect, operation)
             provider = self.resolve(call, call.body["model"])
+            retries_limit = requested_retries(request.headers)
         except ClientError as exc:
             return self.error_response(dialect, exc.error)
-        if operation == "count_tokens":  # costs nothing, so no budget applies
-            return await self.forward(request, call, provider, raw)
+        except RetriesHeaderInvalid as exc:
+            return self.error_response(dialect, ApiError(400, str(exc), "invalid_header", param=RETRIES_HEADER))
+        if operation == "count_tokens":  # costs nothing, so no budget applies, and is not retried
+            call.begin_attempt()
+            return await self.count_tokens(request, call, provider, raw)
         try:
             admission = await self.guard.admit(call)
         except Refused as exc:
-            return self.failed(call, exc.error, "budget_blocked")
+            return self.failed(call, exc.error, "budget_blocked").response
+        model = call.requested_model
+        if admission is not None and admission.served_model is not None:
+            model = admission.served_model
         if admission is None:
-            return await self.forward(request, call, provider, raw)
-        if admission.served_model is not None:
-            provider = self.serve_instead(call, admission.served_model)
+            return await self.call_upstream(request, call, model, raw, retries_limit)
         try:
-            return await self.forward(request, call, provider, raw)
+            return await self.call_upstream(request, call, model, raw, retries_limit)
         finally:
             self.guard.settle(admission, call.events)
 
-    def serve_instead(self, call: CallContext, model: str) -> ProviderFamily:
-        """Serve the call with another configured model, keeping what was requested.
-
-        A budget's downgrade is the operator's policy: the guard has checked that the model's
-        provider takes this endpoint's calls, and a key's model list does not apply to it.
-        """
-        configured = self.config.model(model)
-        assert configured is not None, "budget downgrades name configured models (checked at start-up)"
-        call.served_model, call.provider, call.upstream_model = model, configured.provider, configured.upstream_name
-        return self.providers[configured.provider]
-
-    async def forward(
-        self, request: web.Request, call: CallContext, provider: ProviderFamily, raw: bytes
+    async def call_upstream(
+        self, request: web.Request, call: CallContext, model: str, raw: bytes, retries_limit: int | None
     ) -> web.StreamResponse:
-        """Send the call upstream and relay the answer, recording an event for the attempt."""
-        operation = call.operation
-        prepared = provider.prepare(operation, call.body, raw, call.upstream_model, forward_headers(request.headers))
+        """Try the model's route (the model, then its fallbacks) until an attempt answers or may not be retried.
+
+        Every attempt records its own event. A failed attempt is retried only while nothing of it
+        reached the client, its failure is retryable, the model has retries left and the wait fits
+        in the request's deadline; then the route's next model gets its turn (a context-length
+        error skips to the first fallback with a larger window). The client gets the last attempt's
+        answer, with `x-meterline-attempts` saying how many attempts were made.
+        """
+        clock = self.clock
+        deadline = clock.now() + self.config.resilience.deadline_s
+        route = self.model_routes.route(model)
+        forwarded = forward_headers(request.headers)
+        injected_usage_request = False
+        last: Attempt | None = None
+        skipped: list[Breaker] = []
+        index = 0
+        while index < len(route):
+            target, index = route[index], index + 1
+            provider = target.provider
+            if call.operation not in provider.operations:
+                continue
+            breaker = self.breakers.get(provider.name, target.name)
+            if breaker is not None and not breaker.allows(clock.now()):
+                skipped.append(breaker)
+                continue
+            call.provider, call.upstream_model = provider.name, target.upstream_model
+            call.served_model = "" if target.name == call.requested_model else target.name
+            prepared = provider.prepare(call.operation, call.body, raw, target.upstream_model, forwarded)
+            injected_usage_request = injected_usage_request or prepared.injected_usage_request
+            retries = target.retries if retries_limit is None else min(target.retries, retries_limit)
+            for retry in range(retries + 1):
+                if retry > 0 and breaker is not None and not breaker.allows(clock.now()):
+                    skipped.append(breaker)
+                    break
+                call.begin_attempt()
+                try:
+                    last = await self.attempt(
+                        request, call, provider, prepared, injected_usage_request, deadline - clock.now()
+                    )
+                except BaseException:  # cancelled: free a half-open breaker's probe
+                    if breaker is not None:
+                        breaker.record("client_cancelled", None, clock.now())
+                    raise
+                if breaker is not None:
+                    breaker.record(last.error_class, last.message, clock.now())
+                if last.sent or not retryable(last.error_class, last.status):
+                    if last.error_class == "context_length" and not last.sent:
+                        larger = larger_window(route, index - 1)
+                        if larger is not None:
+                            index = larger
+                            break
+                    return self.answered(call, last)
+                if retry == retries:
+                    break
+                wait = last.retry_after_s
+                if wait is None:
+                    wait = backoff_s(retry + 1, self.config.resilience.backoff, self.rng)
+                if clock.now() + wait >= deadline:
+                    break
+                await clock.sleep(wait)
+            if clock.now() >= deadline:
+                break
+        if last is not None:
+            return self.answered(call, last)
+        return self.circuit_open(call, skipped)
+
+    def answered(self, call: CallContext, attempt: Attempt) -> web.StreamResponse:
+        if not attempt.sent:
+            attempt.response.headers[ATTEMPTS_HEADER] = str(call.attempt)
+        return attempt.response
+
+    def circuit_open(self, call: CallContext, open_breakers: list[Breaker]) -> web.Response:
+        """503 when every model of the route is skipped by an open breaker; names the one that reopens first."""
+        now = self.clock.now()
+        first = min(open_breakers, key=lambda breaker: breaker.retry_at or now)
+        error = ApiError(
+            503,
+            first.describe(now),
+            "circuit_open",
+            headers={"retry-after": str(first.retry_after_s(now))},
+        )
+        call.provider, call.served_model = first.provider, "" if first.model == call.requested_model else first.model
+        return self.failed(call, error, "circuit_open").response
+
+    async def attempt(
+        self,
+        request: web.Request,
+        call: CallContext,
+        provider: ProviderFamily,
+        prepared: PreparedRequest,
+        injected_usage_request: bool,
+        remaining_s: float,
+    ) -> Attempt:
+        """One upstream attempt within the provider's timeouts and what is left of the deadline."""
+        timeouts = provider.config.timeout
+        now = asyncio.get_running_loop().time()
+        end = now + max(0.0, min(timeouts.total_s, remaining_s))
         assert self.session is not None, "Gateway.start() was not awaited"
         try:
-            upstream = await self.session.post(
-                prepared.url, data=prepared.body, headers=prepared.headers, timeout=self._timeouts[call.provider]
-            )
+            async with asyncio.timeout_at(min(end, now + timeouts.first_byte_s)):
+                upstream = await self.session.post(
+                    prepared.url, data=prepared.body, headers=prepared.headers, timeout=self._timeouts[provider.name]
+                )
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self.upstream_unreachable(call, exc)
         async with upstream:
-            if operation == "count_tokens":
-                return await self.pass_through(call, upstream)
             is_stream = upstream.content_type == "text/event-stream"
             if call.streaming and upstream.status < 400 and is_stream:
-                return await self.stream(request, call, provider, upstream, prepared.injected_usage_request)
-            return await self.complete(call, provider, upstream)
+                first_byte = min(end, now + timeouts.first_byte_s)
+                return await self.stream(request, call, provider, upstream, injected_usage_request, first_byte, end)
+            return await self.complete(call, provider, upstream, end)
 
-    def upstream_unreachable(self, call: CallContext, exc: BaseException) -> web.Response:
+    def upstream_unreachable(self, call: CallContext, exc: BaseException) -> Attempt:
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             error = ApiError(504, f"provider '{call.provider}' did not answer in time", "upstream_timeout")
-            error_class = "timeout"
-        else:
-            error = ApiError(502, f"provider '{call.provider}' could not be reached: {exc}", "upstream_unreachable")
-            error_class = "network"
-        outcome = Outcome(status_code=error.status, error_class=error_class, error_message=error.message)
-        self.recorder.record(call, outcome)
-        return self.error_response(call.dialect, error, call.request_id)
+            return self.failed(call, error, "timeout")
+        error = ApiError(502, f"provider '{call.provider}' could not be reached: {exc}", "upstream_unreachable")
+        return self.failed(call, error, "network")
 
-    async def pass_through(self, call: CallContext, upstream: aiohttp.ClientResponse) -> web.Response:
+    async def count_tokens(
+        self, request: web.Request, call: CallContext, provider: ProviderFamily, raw: bytes
+    ) -> web.Response:
         """Token counting costs nothing and is not metered: relay the provider's answer."""
+        prepared = provider.prepare(
+            call.operation, call.body, raw, call.upstream_model, forward_headers(request.headers)
+        )
+        assert self.session is not None, "Gateway.start() was not awaited"
+        total_s = provider.config.timeout.total_s
         try:
-            body = await upstream.read()
+            async with asyncio.timeout(total_s):
+                async with self.session.post(
+                    prepared.url, data=prepared.body, headers=prepared.headers, timeout=self._timeouts[provider.name]
+                ) as upstream:
+                    body = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            error = ApiError(502, f"provider '{call.provider}' broke off its response: {exc}", "upstream_truncated")
+            error = ApiError(502, f"provider '{call.provider}' did not answer: {exc or 'timed out'}", "upstream_error")
             return self.error_response(call.dialect, error, call.request_id)
         headers = returned_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = call.request_id
         return web.Response(status=upstream.status, body=body, headers=headers)
 
     async def complete(
-        self, call: CallContext, provider: ProviderFamily, upstream: aiohttp.ClientResponse
-    ) -> web.Response:
+        self, call: CallContext, provider: ProviderFamily, upstream: aiohttp.ClientResponse, end: float
+    ) -> Attempt:
         """A non-streaming response: read it whole, meter it, return it unchanged."""
         try:
-            body = await upstream.read()
+            async with asyncio.timeout_at(end):
+                body = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             timed_out = isinstance(exc, TimeoutError)
             error = ApiError(
@@ -385,6 +517,7 @@ class Gateway:
                 "upstream_invalid_response",
             )
             return self.failed(call, error, "invalid_response")
+        retry_after = None
         if upstream.status >= 400:
             code, message = error_details(payload)
             outcome = Outcome(
@@ -392,6 +525,7 @@ class Gateway:
                 error_class=classify_upstream_error(upstream.status, code, message),
                 error_message=message[:500] or None,
             )
+            retry_after = retry_after_s(upstream.headers)
         else:
             usage = provider.usage_from_response(call.operation, payload)
             outcome = Outcome(
@@ -405,13 +539,15 @@ class Gateway:
         headers = returned_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = call.request_id
         headers[COST_HEADER] = format_cost(event.cost_usd)
-        return web.Response(status=upstream.status, body=body, headers=headers)
+        response = web.Response(status=upstream.status, body=body, headers=headers)
+        return Attempt(response, outcome.error_class, upstream.status, outcome.error_message, retry_after)
 
-    def failed(self, call: CallContext, error: ApiError, error_class: str) -> web.Response:
+    def failed(self, call: CallContext, error: ApiError, error_class: str) -> Attempt:
         self.recorder.record(
             call, Outcome(status_code=error.status, error_class=error_class, error_message=error.message)
         )
-        return self.error_response(call.dialect, error, call.request_id)
+        response = self.error_response(call.dialect, error, call.request_id)
+        return Attempt(response, error_class, error.status, error.message)
 
     async def stream(
         self,
@@ -420,17 +556,23 @@ class Gateway:
         provider: ProviderFamily,
         upstream: aiohttp.ClientResponse,
         injected_usage_request: bool,
-    ) -> web.StreamResponse:
-        """Forward a stream event by event; record its usage before its completing event goes out."""
-        headers = returned_headers(upstream.headers)
-        headers[REQUEST_ID_HEADER] = call.request_id
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
+        first_byte: float,
+        end: float,
+    ) -> Attempt:
+        """Forward a stream event by event; record its usage before its completing event goes out.
+
+        The client's response starts with the upstream's first bytes, so a stream that fails
+        before sending any (no first event by `first_byte`, an early end) can still be retried.
+        Then each silence longer than the provider's `idle_s`, and the attempt's `end`, stop it.
+        """
+        loop = asyncio.get_running_loop()
+        idle_s = provider.config.timeout.idle_s
         meter = provider.stream_meter(call.operation, injected_usage_request)
         splitter = SSESplitter()
         held: list[bytes] = []
         ttft_ms: float | None = None
         recorded = False
+        response: web.StreamResponse | None = None
         upstream_error: ApiError | None = None
         error_class: str | None = None
 
@@ -444,28 +586,46 @@ class Gateway:
 
         try:
             try:
-                async for chunk in upstream.content.iter_any():
-                    for event in splitter.feed(chunk):
-                        if not event.data:
-                            await response.write(event.raw)
-                            continue
-                        out = meter.feed(event)
-                        if ttft_ms is None:
-                            ttft_ms = call.elapsed_ms()
-                        if out is None:
-                            continue
-                        if meter.state.finished:
-                            held.append(out)
-                        else:
-                            await response.write(out)
+                async with asyncio.timeout_at(first_byte) as timer:
+                    async for chunk in upstream.content.iter_any():
+                        timer.reschedule(min(end, loop.time() + idle_s))
+                        if response is None:
+                            headers = returned_headers(upstream.headers)
+                            headers[REQUEST_ID_HEADER] = call.request_id
+                            headers[ATTEMPTS_HEADER] = str(call.attempt)
+                            response = web.StreamResponse(status=upstream.status, headers=headers)
+                            await response.prepare(request)
+                        for event in splitter.feed(chunk):
+                            if not event.data:
+                                await response.write(event.raw)
+                                continue
+                            out = meter.feed(event)
+                            if ttft_ms is None:
+                                ttft_ms = call.elapsed_ms()
+                            if out is None:
+                                continue
+                            if meter.state.finished:
+                                held.append(out)
+                            else:
+                                await response.write(out)
             except TimeoutError:
-                upstream_error = ApiError(504, f"provider '{call.provider}' stalled mid-stream", "upstream_timeout")
+                started = response is not None
+                problem = "stalled mid-stream" if started else "sent no stream event in time"
+                upstream_error = ApiError(504, f"provider '{call.provider}' {problem}", "upstream_timeout")
                 error_class = "timeout"
             except aiohttp.ClientError as exc:
                 upstream_error = ApiError(
                     502, f"provider '{call.provider}' broke off the stream: {exc}", "upstream_truncated"
                 )
                 error_class = "network"
+            if response is None:  # nothing reached the client: the attempt may be retried
+                recorded = True
+                if upstream_error is None:
+                    problem = "ended the stream without sending anything"
+                    upstream_error = ApiError(502, f"provider '{call.provider}' {problem}", "upstream_truncated")
+                    error_class = "network"
+                assert error_class is not None
+                return self.failed(call, upstream_error, error_class)
             provider_sent_error = meter.state.error_class not in (None, "invalid_response")
             if upstream_error is None and not meter.state.finished and not provider_sent_error:
                 problem = meter.state.error_message or "ended the stream before it was complete"
@@ -476,6 +636,7 @@ class Gateway:
                 await response.write(call.dialect.stream_error_event(upstream_error))
             elif not meter.state.finished:  # the provider's own error event has been forwarded already
                 record(upstream.status)
+                error_class = meter.state.error_class
             else:
                 cost = record(upstream.status)
                 await response.write(f": {COST_HEADER}={format_cost(cost)}\n\n".encode())
@@ -485,7 +646,9 @@ class Gateway:
         except ConnectionResetError:
             if not recorded:
                 record(499, "client_cancelled", "the client closed the connection mid-stream")
+            error_class = "client_cancelled"
         finally:
             if not recorded:  # cancelled: record what was seen before the task ended
                 record(499, "client_cancelled", "the request was cancelled mid-stream")
-        return response
+        message = upstream_error.message if upstream_error is not None else meter.state.error_message
+        return Attempt(response, error_class or "none", upstream.status, message, sent=True)

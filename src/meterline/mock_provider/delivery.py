@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from meterline.mock_provider.faults import DISCONNECT, MALFORMED, TRUNCATED
+from meterline.mock_provider.faults import DISCONNECT, MALFORMED, STALL, TRUNCATED, timeout_seconds
 from meterline.mock_provider.settings import MockSettings
 
 JSON_CONTENT_TYPE = "application/json"
@@ -58,7 +58,8 @@ async def deliver(
         elif fault == TRUNCATED:
             payload = b"".join(event for event, _ in events)
             events = [(payload[: len(payload) // 2], 0)]
-        return await _send_stream(request, events, fault in (DISCONNECT, TRUNCATED), settings, headers)
+        stall_s = timeout_seconds(request.headers) if fault == STALL else None
+        return await _send_stream(request, events, fault in (DISCONNECT, TRUNCATED), settings, headers, stall_s)
     delay_ms = settings.latency_ms + settings.per_token_ms * answer.output_tokens
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
@@ -69,12 +70,16 @@ async def deliver(
     if fault == DISCONNECT:
         _close_connection(request)
         return web.Response()  # never reaches the client: its connection is closed
-    if fault == TRUNCATED:
+    if fault in (TRUNCATED, STALL):
         response = web.StreamResponse(headers=headers)
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
-        _close_connection(request)
+        if fault == TRUNCATED:
+            _close_connection(request)
+            return response
+        await asyncio.sleep(timeout_seconds(request.headers))
+        await response.write(body[len(body) // 2 :])
         return response
     return web.Response(body=body, headers=headers)
 
@@ -85,7 +90,9 @@ async def _send_stream(
     cut_off: bool,
     settings: MockSettings,
     headers: dict[str, str],
+    stall_s: float | None = None,
 ) -> web.StreamResponse:
+    """Send `events`; with `stall_s`, go silent that long after the first half of them."""
     headers["Content-Type"] = SSE_CONTENT_TYPE
     headers["Cache-Control"] = "no-cache"
     response = web.StreamResponse(headers=headers)
@@ -93,6 +100,11 @@ async def _send_stream(
     if settings.latency_ms:
         await asyncio.sleep(settings.latency_ms / 1000)
     try:
+        if stall_s is not None:
+            half = max(1, len(events) // 2)
+            await response.write(b"".join(event for event, _ in events[:half]))
+            await asyncio.sleep(stall_s)
+            events = events[half:]
         if settings.per_token_ms:
             for event, tokens in events:
                 if tokens:

@@ -3,7 +3,8 @@
 A request gets the fault named by its `x-mock-fault` header, else the server's default fault
 on its `fault_rate` share of requests. With `x-mock-fault-times: N` (and optionally
 `x-mock-fault-key: K`), only the first N requests carrying that key are faulted; later ones
-succeed, which is what retry tests need. Faults:
+succeed, which is what retry tests need. With `x-mock-fault-model: A,B` only requests for those
+models (the body's `model`) are faulted, so a fallback to another model can succeed. Faults:
 
 - `rate_limit`: 429 with `retry-after` (whole seconds, rounded up) and `retry-after-ms`;
   `x-mock-retry-after: S` sets the delay (default 1 s);
@@ -15,7 +16,9 @@ succeed, which is what retry tests need. Faults:
 - `disconnect`: a stream stops after half its events (before the usage and the end marker)
   and the connection is closed; a non-stream request has its connection closed unanswered;
 - `truncated`: the connection is closed after half the body's bytes (a JSON body declares its
-  full Content-Length; a stream is cut mid-event).
+  full Content-Length; a stream is cut mid-event);
+- `stall`: half the answer (half a stream's events, half a JSON body's bytes) is sent, then the
+  mock goes silent for `x-mock-timeout-s` seconds (default 30) before sending the rest.
 
 `ERROR_FAULTS` answer at once with an error; `DELIVERY_FAULTS` change how the answer is sent
 (see `delivery.py`); `timeout` delays it.
@@ -49,7 +52,8 @@ TIMEOUT = "timeout"
 MALFORMED = "malformed"
 DISCONNECT = "disconnect"
 TRUNCATED = "truncated"
-DELIVERY_FAULTS = (MALFORMED, DISCONNECT, TRUNCATED)
+STALL = "stall"
+DELIVERY_FAULTS = (MALFORMED, DISCONNECT, TRUNCATED, STALL)
 FAULT_NAMES = (*ERROR_FAULTS, TIMEOUT, *DELIVERY_FAULTS)
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -66,8 +70,8 @@ class FaultInjector:
         self._requests_seen = 0
         self._faults_by_key: dict[str, int] = {}
 
-    def choose(self, headers: Mapping[str, str]) -> str | None:
-        """The fault for this request, or None; a 400 for an unknown `x-mock-fault`."""
+    def choose(self, headers: Mapping[str, str], model: object = None) -> str | None:
+        """The fault for this request for `model`, or None; a 400 for an unknown `x-mock-fault`."""
         self._requests_seen += 1
         fault = headers.get("x-mock-fault")
         if fault is None:
@@ -76,6 +80,9 @@ class FaultInjector:
             fault = self._default_fault
         elif fault not in FAULT_NAMES:
             raise ApiError(INVALID_REQUEST, f"unknown x-mock-fault {fault!r}; known faults: {', '.join(FAULT_NAMES)}")
+        models = headers.get("x-mock-fault-model")
+        if models is not None and model not in [name.strip() for name in models.split(",")]:
+            return None
         times = header_int(headers, "x-mock-fault-times")
         if times is not None and self._count_for_key(headers.get("x-mock-fault-key", "")) > times:
             return None

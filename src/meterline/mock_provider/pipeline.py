@@ -107,7 +107,7 @@ def make_handler(state: MockState, family: Family, route: Route, *, takes_body: 
                 raise ApiError(AUTHENTICATION)
             if family.required_header is not None and family.required_header not in headers:
                 raise ApiError(INVALID_REQUEST, f"{family.required_header}: header is required")
-            fault = state.faults.choose(headers)
+            fault = state.faults.choose(headers, body.get("model"))
             if fault is not None:
                 error = fault_error(fault, headers)
                 if error is not None:

@@ -307,6 +307,14 @@ class PriceTable:
             result.problems.extend(f"{provider}/{model}: {problem}" for problem in resolution.problems)
         return result
 
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's maximum input tokens as the genai-prices snapshot lists it; None when unknown."""
+        snapshot_provider = self._snapshot_providers.get(provider)
+        if snapshot_provider is None:
+            return None
+        info = snapshot_provider.find_model(model, all_providers=snapshot_providers)
+        return None if info is None else info.context_window
+
     def _resolution(self, provider: str, model: str) -> _Resolution:
         key = (provider, model)
         resolution = self._resolutions.get(key)

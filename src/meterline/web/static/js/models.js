@@ -1,5 +1,7 @@
-/** Models & providers: spend, tokens by kind, latency percentiles and TTFT, error rates. */
-import { api, chart, count, DOLLARS, label, load, millis, money, percent, requestsLink, table } from "./core.js";
+/** Models & providers: spend, tokens by kind, latency percentiles and TTFT, error rates, circuit breakers. */
+import {
+  api, chart, count, DOLLARS, empty, label, load, millis, money, percent, requestsLink, table, time,
+} from "./core.js";
 
 const spend = api("spend", { group_by: "provider,model" });
 const latency = api("latency", { group_by: "provider,model" });
@@ -77,4 +79,24 @@ load("model-table", async (box) => {
     { label: "Error rate", value: "error_rate", format: percent, numeric: true },
   ];
   table(box, columns, rows);
+});
+
+const BREAKER_STATES = { closed: "closed", open: "open", half_open: "half-open (probing)" };
+
+load("provider-health", async (box) => {
+  const health = await api("providers/health");
+  if (!health.breakers_enabled) {
+    empty(box, "Circuit breakers are off: set resilience.breaker.failures in the config to turn them on.");
+    return;
+  }
+  const columns = [
+    { label: "Model", value: "model" },
+    { label: "Provider", value: "provider" },
+    { label: "State", value: (row) => BREAKER_STATES[row.state] ?? row.state },
+    { label: "Recent failures", value: (row) => `${row.recent_failures} of ${row.failure_threshold}`, numeric: true },
+    { label: "Opened", value: "opened_at", format: time },
+    { label: "Probe at", value: "retry_at", format: time },
+    { label: "Last failure", value: "last_error" },
+  ];
+  table(box, columns, health.data);
 });
