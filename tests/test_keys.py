@@ -132,6 +132,7 @@ def test_an_expired_key_is_refused(gateway: GatewayService) -> None:
         ({"name": "x", "expires": "tomorrow"}, "expires"),
         ({"name": "x", "scope": "read:team"}, "team"),
         ({"name": "x", "rpm_limit": 0}, "rpm_limit"),
+        ({"name": "x", "max_retries": 11}, "max_retries"),
     ],
 )
 def test_bad_key_requests_are_400_naming_the_field(gateway: GatewayService, body: dict[str, Any], field: str) -> None:

@@ -48,6 +48,7 @@ MODELS = """
   - {name: claude-main, provider: anthropic, upstream_model: claude-sonnet-4-5, retries: 0,
      fallbacks: [claude-haiku-4-5]}
   - {name: header-model, provider: openai, upstream_model: gpt-4o-mini}
+  - {name: key-model, provider: openai, upstream_model: gpt-4o-mini}
   - {name: breaker-a, provider: openai, upstream_model: gpt-4o, retries: 0, fallbacks: [breaker-b]}
   - {name: breaker-b, provider: openai, upstream_model: gpt-4o-mini, retries: 0}
   - {name: quick-chat, provider: quick, upstream_model: gpt-4o-mini}
@@ -264,6 +265,25 @@ def test_client_header_lowers_or_turns_off_retries(gateway: GatewayService) -> N
     )
 
 
+def test_a_keys_max_retries_caps_what_it_gets(gateway: GatewayService, clock: SkippingClock) -> None:
+    # the key's max_retries, the request's header, attempts made, answer (the model may retry twice)
+    cases = (({"max_retries": 0}, {}, 1, 429), ({"max_retries": 1}, {"x-meterline-retries": "0"}, 1, 429))
+    cases += (({"max_retries": 1}, {}, 2, 200),)
+    for fields, header, attempts, status in cases:
+        created = httpx.post(
+            gateway.url + "/api/v1/keys",
+            json={"name": f"retries-{uuid.uuid4().hex[:6]}", **fields},
+            headers=gateway.headers(),
+        ).json()
+        reply = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "key-model", **CHAT},
+            headers={"authorization": f"Bearer {created['key']}", **faults("rate_limit", times=1), **header},
+        )
+        assert (reply.status_code, reply.headers["x-meterline-attempts"]) == (status, str(attempts)), fields
+        clock.advance(3600)  # past the breaker's window
+
+
 def test_a_stream_is_retried_before_its_first_byte(gateway: GatewayService) -> None:
     client = gateway.openai()
     for headers in (faults("rate_limit", times=1, retry_after="1"), faults("timeout", times=1, timeout_s="5")):
@@ -368,6 +388,7 @@ def test_a_circuit_opens_skips_its_model_and_recovers(
     httpx.delete(mock_provider.url + "/_mock/requests")
     reply = chat(gateway, "breaker-a")  # both open: 503 in OpenAI's error shape, nothing sent upstream
     assert reply.status_code == 503 and int(reply.headers["retry-after"]) >= 1
+    assert reply.headers["x-meterline-attempts"] == "0"
     error = reply.json()["error"]
     assert (error["code"], error["type"]) == ("circuit_open", "api_error")
     assert "circuit breaker of model 'breaker-a' on provider 'openai' is open" in error["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from meterline.config import BackoffConfig, BreakerConfig, ConfigError, parse_config
 from meterline.gateway.breaker import Breaker
+from meterline.gateway.keys import KeySpec, KeyStore
 from meterline.gateway.retries import (
     RetriesHeaderInvalid,
     Routes,
@@ -20,6 +22,7 @@ from meterline.gateway.retries import (
 )
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import build_provider, classify_upstream_error
+from meterline.store.control import ControlDB
 
 PROVIDERS = """
 providers:
@@ -91,6 +94,25 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     assert breaker.allows(23)
     breaker.record("bad_request", "the provider answered", 23)
     assert breaker.state == "closed" and breaker.snapshot(23)["recent_failures"] == 0
+
+
+def test_a_control_database_from_before_max_retries_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "control.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE virtual_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, key_hash TEXT NOT NULL "
+            "UNIQUE, key_prefix TEXT NOT NULL, team TEXT, app TEXT, user TEXT, models TEXT NOT NULL DEFAULT '[]', "
+            "scope TEXT, rpm_limit INTEGER, tpm_limit INTEGER, created_at TEXT NOT NULL, expires_at TEXT, "
+            "revoked_at TEXT)"
+        )
+        old.execute(
+            "INSERT INTO virtual_keys VALUES ('key_1', 'old', 'h', 'mlk-x', NULL, NULL, NULL, '[]', NULL, NULL, NULL, "
+            "'2026-01-01T00:00:00+00:00', NULL, NULL)"
+        )
+    store = KeyStore(ControlDB(path))
+    assert store.get("old").max_retries is None
+    _, created = store.create(KeySpec(name="new", max_retries=0))
+    assert created.identity().max_retries == 0
 
 
 def test_fallbacks_must_be_configured_models(tmp_path: Path) -> None:

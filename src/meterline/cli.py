@@ -391,6 +391,11 @@ def _key_store(config_path: Path) -> KeyStore:
 @click.option("--scope", type=click.Choice(["read:team"]), help="Also let the key read its team's data.")
 @click.option("--rpm", "rpm_limit", type=click.IntRange(min=1), help="Requests per minute it may send.")
 @click.option("--tpm", "tpm_limit", type=click.IntRange(min=1), help="Tokens per minute it may use.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0, 10),
+    help="The most retries the gateway makes for its calls (0: none; default: as configured per model).",
+)
 def keys_create(
     config_path: Path,
     name: str,
@@ -402,6 +407,7 @@ def keys_create(
     scope: str | None,
     rpm_limit: int | None,
     tpm_limit: int | None,
+    max_retries: int | None,
 ) -> None:
     """Create a key and print it once (only its hash is kept).
 
@@ -410,6 +416,7 @@ def keys_create(
       meterline keys create --name search-app --team search --app search
       meterline keys create --name batch-jobs --team data --models gpt-4o-mini,claude-* --expires 30d
       meterline keys create --name search-dashboard --team search --scope read:team
+      meterline keys create --name own-retries --max-retries 0
     """
     from meterline.gateway.keys import KeySpec, KeyStoreError
 
@@ -423,6 +430,7 @@ def keys_create(
         scope=scope,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
+        max_retries=max_retries,
     )
     try:
         key, record = _key_store(config_path).create(spec)

@@ -25,6 +25,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_RETRIES = 10
+"""The most retries any model, key or request may ask for."""
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(4000, ge=1, le=65535)
@@ -83,7 +87,10 @@ class ModelConfig(_Section):
     provider: str
     upstream_model: str | None = None
     retries: int | None = Field(
-        None, ge=0, le=10, description="retries of a retryable failure on this model (default: resilience.retries)"
+        None,
+        ge=0,
+        le=MAX_RETRIES,
+        description="retries of a retryable failure on this model (default: resilience.retries)",
     )
     fallbacks: list[str] = Field([], description="configured models tried in order when this one keeps failing")
     context_window: int | None = Field(
@@ -256,7 +263,7 @@ class BreakerConfig(_Section):
 class ResilienceConfig(_Section):
     """Retries, the deadline of one request and circuit breakers (a model may set its own `retries`)."""
 
-    retries: int = Field(0, ge=0, le=10, description="retries of a retryable failure per model")
+    retries: int = Field(0, ge=0, le=MAX_RETRIES, description="retries of a retryable failure per model")
     backoff: BackoffConfig = BackoffConfig()
     deadline_s: float = Field(300, gt=0, description="all attempts and waits of one request together")
     breaker: BreakerConfig = BreakerConfig()

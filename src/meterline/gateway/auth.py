@@ -30,6 +30,8 @@ class Identity:
     """Requests per minute this key may send (None: no limit)."""
     tpm_limit: int | None = None
     """Tokens per minute (estimated input + output) this key may use (None: no limit)."""
+    max_retries: int | None = None
+    """The most retries the gateway makes for this key's calls (None: as configured)."""
 
 
 class Authenticator(Protocol):

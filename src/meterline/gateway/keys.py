@@ -4,7 +4,8 @@ A key is `mlk-` followed by 32 random URL-safe characters (192 bits), shown once
 created. Only its SHA-256 is stored (a fast hash is right for random secrets of this length; a
 slow password hash would only add latency to every call), with a short prefix to recognise it
 in listings. A key carries default attribution (team, app, user), the models it may call, an
-optional expiry, rate limits, and whether it may read its team's data.
+optional expiry, rate limits, the most retries the gateway makes for it, and whether it may read
+its team's data.
 
 `KeyAuthenticator` answers the gateway and the web API: the master key (admin), else a live
 virtual key. It keeps the keys in memory and reloads them on the first request after anything
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from meterline.config import MAX_RETRIES
 from meterline.gateway.auth import Identity
 from meterline.store.control import ControlDB
 
@@ -51,6 +53,8 @@ _TABLES = (
         revoked_at TEXT
     )""",
 )
+# columns added after the table's first version, with their SQL types
+_ADDED_COLUMNS = {"max_retries": "INTEGER"}
 
 
 class KeyStoreError(ValueError):
@@ -75,6 +79,8 @@ class KeySpec(msgspec.Struct, forbid_unknown_fields=True):
     """None (may call models) or `read:team` (may also read its team's data)."""
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    max_retries: int | None = None
+    """The most retries the gateway makes for this key's calls (None: as configured; 0: none)."""
 
     def validate(self, now: datetime) -> datetime | None:
         """Raise `KeyStoreError` for a bad field; return the expiry time."""
@@ -96,6 +102,9 @@ class KeySpec(msgspec.Struct, forbid_unknown_fields=True):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise KeyStoreError(f"{name} must be a positive integer", name)
+        retries = self.max_retries
+        if retries is not None and (isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES):
+            raise KeyStoreError(f"max_retries must be a whole number from 0 to {MAX_RETRIES}", "max_retries")
         return expiry(self.expires, now)
 
 
@@ -138,6 +147,7 @@ class KeyRecord:
     created_at: str
     expires_at: str | None
     revoked_at: str | None
+    max_retries: int | None = None
 
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -160,6 +170,7 @@ class KeyRecord:
             can_read_team=self.scope == READ_TEAM_SCOPE,
             rpm_limit=self.rpm_limit,
             tpm_limit=self.tpm_limit,
+            max_retries=self.max_retries,
         )
 
 
@@ -169,6 +180,7 @@ class KeyStore:
     def __init__(self, db: ControlDB) -> None:
         self.db = db
         db.ensure(*_TABLES)
+        db.ensure_columns("virtual_keys", _ADDED_COLUMNS)
 
     def create(self, spec: KeySpec, now: datetime | None = None) -> tuple[str, KeyRecord]:
         """A new key and its record; the key is returned only here."""
@@ -188,6 +200,7 @@ class KeyStore:
             "scope": spec.scope,
             "rpm_limit": spec.rpm_limit,
             "tpm_limit": spec.tpm_limit,
+            "max_retries": spec.max_retries,
             "created_at": now.isoformat(timespec="seconds"),
             "expires_at": None if expires_at is None else expires_at.isoformat(timespec="seconds"),
         }

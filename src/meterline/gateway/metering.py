@@ -42,6 +42,8 @@ class CallContext:
     started_perf: float = field(default_factory=time.perf_counter)
     events: list[UsageEvent] = field(default_factory=list)
     """The events recorded for this call so far, one per attempt."""
+    usage_injected: bool = False
+    """The gateway asked the provider for stream usage the client did not ask for (the meter hides it)."""
     attempt: int = 0
     """The number of the upstream attempt under way (1 for the first); 0 before any."""
 

@@ -42,7 +42,7 @@ from meterline.gateway.retries import (
     Routes,
     backoff_s,
     larger_window,
-    requested_retries,
+    retries_limit,
     retry_after_s,
     retryable,
 )
@@ -325,7 +325,7 @@ class Gateway:
         try:
             call, raw = await self.accept(request, dialect, operation)
             provider = self.resolve(call, call.body["model"])
-            retries_limit = requested_retries(request.headers)
+            most_retries = retries_limit(request.headers, call.identity.max_retries)
         except ClientError as exc:
             return self.error_response(dialect, exc.error)
         except RetriesHeaderInvalid as exc:
@@ -341,14 +341,14 @@ class Gateway:
         if admission is not None and admission.served_model is not None:
             model = admission.served_model
         if admission is None:
-            return await self.call_upstream(request, call, model, raw, retries_limit)
+            return await self.call_upstream(request, call, model, raw, most_retries)
         try:
-            return await self.call_upstream(request, call, model, raw, retries_limit)
+            return await self.call_upstream(request, call, model, raw, most_retries)
         finally:
             self.guard.settle(admission, call.events)
 
     async def call_upstream(
-        self, request: web.Request, call: CallContext, model: str, raw: bytes, retries_limit: int | None
+        self, request: web.Request, call: CallContext, model: str, raw: bytes, most_retries: int | None
     ) -> web.StreamResponse:
         """Try the model's route (the model, then its fallbacks) until an attempt answers or may not be retried.
 
@@ -358,63 +358,70 @@ class Gateway:
         error skips to the first fallback with a larger window). The client gets the last attempt's
         answer, with `x-meterline-attempts` saying how many attempts were made.
         """
-        clock = self.clock
-        deadline = clock.now() + self.config.resilience.deadline_s
+        deadline = self.clock.now() + self.config.resilience.deadline_s
         route = self.model_routes.route(model)
         forwarded = forward_headers(request.headers)
-        injected_usage_request = False
         last: Attempt | None = None
         skipped: list[Breaker] = []
         index = 0
-        while index < len(route):
+        while index < len(route) and self.clock.now() < deadline:
             target, index = route[index], index + 1
-            provider = target.provider
-            if call.operation not in provider.operations:
+            if call.operation not in target.provider.operations:
                 continue
-            breaker = self.breakers.get(provider.name, target.name)
-            if breaker is not None and not breaker.allows(clock.now()):
+            breaker = self.breakers.get(target.provider.name, target.name)
+            if breaker is not None and not breaker.allows(self.clock.now()):
                 skipped.append(breaker)
                 continue
-            call.provider, call.upstream_model = provider.name, target.upstream_model
+            call.provider, call.upstream_model = target.provider.name, target.upstream_model
             call.served_model = "" if target.name == call.requested_model else target.name
-            prepared = provider.prepare(call.operation, call.body, raw, target.upstream_model, forwarded)
-            injected_usage_request = injected_usage_request or prepared.injected_usage_request
-            retries = target.retries if retries_limit is None else min(target.retries, retries_limit)
-            for retry in range(retries + 1):
-                if retry > 0 and breaker is not None and not breaker.allows(clock.now()):
-                    skipped.append(breaker)
-                    break
-                call.begin_attempt()
-                try:
-                    last = await self.attempt(
-                        request, call, provider, prepared, injected_usage_request, deadline - clock.now()
-                    )
-                except BaseException:  # cancelled: free a half-open breaker's probe
-                    if breaker is not None:
-                        breaker.record("client_cancelled", None, clock.now())
-                    raise
-                if breaker is not None:
-                    breaker.record(last.error_class, last.message, clock.now())
-                if last.sent or not retryable(last.error_class, last.status):
-                    if last.error_class == "context_length" and not last.sent:
-                        larger = larger_window(route, index - 1)
-                        if larger is not None:
-                            index = larger
-                            break
+            prepared = target.provider.prepare(call.operation, call.body, raw, target.upstream_model, forwarded)
+            # a fallback's body already holds the usage request injected for the first model
+            call.usage_injected = call.usage_injected or prepared.injected_usage_request
+            retries = target.retries if most_retries is None else min(target.retries, most_retries)
+            last = await self.try_model(request, call, prepared, target.provider, breaker, retries, deadline)
+            if last.sent or not retryable(last.error_class, last.status):
+                larger = larger_window(route, index - 1) if last.error_class == "context_length" else None
+                if larger is None or last.sent:
                     return self.answered(call, last)
-                if retry == retries:
-                    break
-                wait = last.retry_after_s
-                if wait is None:
-                    wait = backoff_s(retry + 1, self.config.resilience.backoff, self.rng)
-                if clock.now() + wait >= deadline:
-                    break
-                await clock.sleep(wait)
-            if clock.now() >= deadline:
-                break
+                index = larger
         if last is not None:
             return self.answered(call, last)
         return self.circuit_open(call, skipped)
+
+    async def try_model(
+        self,
+        request: web.Request,
+        call: CallContext,
+        prepared: PreparedRequest,
+        provider: ProviderFamily,
+        breaker: Breaker | None,
+        retries: int,
+        deadline: float,
+    ) -> Attempt:
+        """Attempt one model up to `retries` more times while its failures are retryable; the last attempt."""
+        clock = self.clock
+        retry = 0
+        while True:
+            call.begin_attempt()
+            try:
+                attempt = await self.attempt(request, call, provider, prepared, deadline - clock.now())
+            except BaseException:  # cancelled: free a half-open breaker's probe
+                if breaker is not None:
+                    breaker.record("client_cancelled", None, clock.now())
+                raise
+            if breaker is not None:
+                breaker.record(attempt.error_class, attempt.message, clock.now())
+            if attempt.sent or not retryable(attempt.error_class, attempt.status) or retry == retries:
+                return attempt
+            retry += 1
+            wait = attempt.retry_after_s
+            if wait is None:
+                wait = backoff_s(retry, self.config.resilience.backoff, self.rng)
+            if clock.now() + wait >= deadline:
+                return attempt
+            await clock.sleep(wait)
+            if breaker is not None and not breaker.allows(clock.now()):
+                return attempt
 
     def answered(self, call: CallContext, attempt: Attempt) -> web.StreamResponse:
         if not attempt.sent:
@@ -432,7 +439,9 @@ class Gateway:
             headers={"retry-after": str(first.retry_after_s(now))},
         )
         call.provider, call.served_model = first.provider, "" if first.model == call.requested_model else first.model
-        return self.failed(call, error, "circuit_open").response
+        response = self.failed(call, error, "circuit_open").response
+        response.headers[ATTEMPTS_HEADER] = "0"
+        return response
 
     async def attempt(
         self,
@@ -440,7 +449,6 @@ class Gateway:
         call: CallContext,
         provider: ProviderFamily,
         prepared: PreparedRequest,
-        injected_usage_request: bool,
         remaining_s: float,
     ) -> Attempt:
         """One upstream attempt within the provider's timeouts and what is left of the deadline."""
@@ -459,7 +467,7 @@ class Gateway:
             is_stream = upstream.content_type == "text/event-stream"
             if call.streaming and upstream.status < 400 and is_stream:
                 first_byte = min(end, now + timeouts.first_byte_s)
-                return await self.stream(request, call, provider, upstream, injected_usage_request, first_byte, end)
+                return await self.stream(request, call, provider, upstream, first_byte, end)
             return await self.complete(call, provider, upstream, end)
 
     def upstream_unreachable(self, call: CallContext, exc: BaseException) -> Attempt:
@@ -555,7 +563,6 @@ class Gateway:
         call: CallContext,
         provider: ProviderFamily,
         upstream: aiohttp.ClientResponse,
-        injected_usage_request: bool,
         first_byte: float,
         end: float,
     ) -> Attempt:
@@ -567,7 +574,7 @@ class Gateway:
         """
         loop = asyncio.get_running_loop()
         idle_s = provider.config.timeout.idle_s
-        meter = provider.stream_meter(call.operation, injected_usage_request)
+        meter = provider.stream_meter(call.operation, call.usage_injected)
         splitter = SSESplitter()
         held: list[bytes] = []
         ttft_ms: float | None = None

@@ -7,7 +7,7 @@ timeouts) is tried again on the same model up to its `retries`, waiting what the
 (`backoff_s`); then the next fallback gets its turn. Nothing else is retried (bad requests,
 auth, not found, content filters), except that a context-length error goes straight to the
 first fallback whose context window is larger. The client may lower the retries with
-`x-meterline-retries: N` (`requested_retries`), never raise them.
+`x-meterline-retries: N` and a virtual key with its `max_retries`, never raise them (`retries_limit`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from meterline.config import BackoffConfig, Config, ConfigError, ModelConfig
+from meterline.config import MAX_RETRIES, BackoffConfig, Config, ConfigError, ModelConfig
 from meterline.gateway.breaker import FAILURES
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import ProviderFamily
 
 RETRIES_HEADER = "x-meterline-retries"
 ATTEMPTS_HEADER = "x-meterline-attempts"
-MAX_RETRIES = 10
 
 
 class RetriesHeaderInvalid(ValueError):
@@ -80,6 +79,14 @@ def requested_retries(headers: Mapping[str, str]) -> int | None:
             f"got {value!r}"
         )
     return int(value)
+
+
+def retries_limit(headers: Mapping[str, str], key_max_retries: int | None) -> int | None:
+    """The most retries a call may have: the lower of the client's header and its key's setting (None: any)."""
+    requested = requested_retries(headers)
+    if key_max_retries is None:
+        return requested
+    return key_max_retries if requested is None else min(requested, key_max_retries)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,14 @@ class ControlDB:
             for statement in statements:
                 connection.execute(statement)
 
+    def ensure_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Add `columns` ({name: SQL type}) that `table`, created by an older version, lacks."""
+        with self.transaction() as connection:
+            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """The connection inside `BEGIN IMMEDIATE ... COMMIT` (rolled back if the block raises)."""
