@@ -34,6 +34,7 @@ ERROR_CLASSES = (
     "network",
     "invalid_response",
     "budget_blocked",
+    "circuit_open",
     "client_cancelled",
 )
 
