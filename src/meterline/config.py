@@ -265,7 +265,7 @@ class ResilienceConfig(_Section):
 
     retries: int = Field(0, ge=0, le=MAX_RETRIES, description="retries of a retryable failure per model")
     backoff: BackoffConfig = BackoffConfig()
-    deadline_s: float = Field(300, gt=0, description="all attempts and waits of one request together")
+    deadline_s: float = Field(600, gt=0, description="all attempts and waits of one request together")
     breaker: BreakerConfig = BreakerConfig()
 
 

@@ -331,7 +331,6 @@ class Gateway:
         except RetriesHeaderInvalid as exc:
             return self.error_response(dialect, ApiError(400, str(exc), "invalid_header", param=RETRIES_HEADER))
         if operation == "count_tokens":  # costs nothing, so no budget applies, and is not retried
-            call.begin_attempt()
             return await self.count_tokens(request, call, provider, raw)
         try:
             admission = await self.guard.admit(call)
@@ -492,8 +491,11 @@ class Gateway:
                     prepared.url, data=prepared.body, headers=prepared.headers, timeout=self._timeouts[provider.name]
                 ) as upstream:
                     body = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            error = ApiError(502, f"provider '{call.provider}' did not answer: {exc or 'timed out'}", "upstream_error")
+        except TimeoutError:
+            error = ApiError(504, f"provider '{call.provider}' did not answer in time", "upstream_timeout")
+            return self.error_response(call.dialect, error, call.request_id)
+        except aiohttp.ClientError as exc:
+            error = ApiError(502, f"provider '{call.provider}' could not be reached: {exc}", "upstream_unreachable")
             return self.error_response(call.dialect, error, call.request_id)
         headers = returned_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = call.request_id
@@ -524,7 +526,12 @@ class Gateway:
                 f"provider '{call.provider}' returned HTTP {upstream.status} with a body that is not a JSON object",
                 "upstream_invalid_response",
             )
-            return self.failed(call, error, "invalid_response")
+            if upstream.status < 400:
+                return self.failed(call, error, "invalid_response")
+            # an error page from something in front of the provider (a 503 from a load balancer): its status counts
+            attempt = self.failed(call, error, classify_upstream_error(upstream.status, None, ""))
+            attempt.status, attempt.retry_after_s = upstream.status, retry_after_s(upstream.headers)
+            return attempt
         retry_after = None
         if upstream.status >= 400:
             code, message = error_details(payload)
