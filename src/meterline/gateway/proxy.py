@@ -1,7 +1,9 @@
 """The proxy: accepts OpenAI- and Anthropic-style calls, forwards them upstream, meters each attempt.
 
 For every call: authenticate, read and validate the body, read attribution, resolve the model
-to a provider, forward, and record one usage event per upstream attempt. Non-streaming
+to a provider, forward, and record one usage event per upstream attempt. A failed attempt is
+retried, and then the model's fallbacks tried, by the rules of `meterline.gateway.retries`,
+skipping models whose circuit breaker is open (`meterline.gateway.breaker`). Non-streaming
 responses are returned byte for byte with `x-meterline-request-id` and `x-meterline-cost-usd`
 headers. Streams are forwarded event by event as they arrive; the event that completes a
 stream is held until the usage event is in the spool, and is preceded by an SSE comment
