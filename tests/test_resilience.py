@@ -298,6 +298,19 @@ def test_a_stream_is_retried_before_its_first_byte(gateway: GatewayService) -> N
         assert second["streaming"] and second["cost_usd"] > 0
 
 
+def test_a_stream_falls_back_and_still_hides_the_usage_the_gateway_asked_for(gateway: GatewayService) -> None:
+    body = {"model": "chat-main", **CHAT, "stream": True}
+    headers = gateway.headers(**faults("server_error", models="gpt-4o,gpt-4o-mini"))
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers) as reply:
+        text = reply.read().decode()
+        assert reply.headers["x-meterline-attempts"] == "4"
+        request_id = reply.headers["x-meterline-request-id"]
+    assert "gpt-4.1-mini" in text and "[DONE]" in text
+    assert '"usage"' not in text  # the client did not ask for usage; the gateway did, for every model
+    events = attempts_of(gateway, request_id, 4)
+    assert summary(events)[-1] == (4, "chat-last", "none") and events[-1]["usage_source"] == "provider"
+
+
 def test_a_stream_that_failed_mid_way_is_not_retried(gateway: GatewayService, mock_requests) -> None:  # type: ignore[no-untyped-def]
     body = {"model": "quick-chat", **CHAT, "stream": True}
     with httpx.stream(
