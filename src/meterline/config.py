@@ -269,6 +269,63 @@ class ResilienceConfig(_Section):
     breaker: BreakerConfig = BreakerConfig()
 
 
+class CacheRuleConfig(_Section):
+    """Settings for the calls of one model and/or feature; the first rule that matches a call applies."""
+
+    model: str | None = Field(None, description="a configured model name; unset: every model")
+    feature: str | None = Field(None, description="a feature (x-meterline-feature); unset: every feature")
+    enabled: bool = Field(True, description="false: never cached, even when x-meterline-cache: on")
+    ttl_s: float | None = Field(None, gt=0, description="how long their answers are served from cache")
+    semantic: bool | None = Field(None, description="true: also look up similar prompts (semantic cache)")
+
+    @model_validator(mode="after")
+    def _names_something(self) -> CacheRuleConfig:
+        if self.model is None and self.feature is None:
+            raise ValueError("a cache rule needs model, feature or both (use the cache section itself for every call)")
+        return self
+
+
+class SemanticCacheConfig(_Section):
+    """The semantic cache: the last user message is embedded through the gateway and matched by similarity."""
+
+    embedding_model: str | None = Field(None, description="a configured embeddings model; needed for semantic lookups")
+    dimensions: int | None = Field(None, ge=1, description="asked of the embeddings model (unset: its default)")
+    threshold: float = Field(0.95, gt=0, le=1, description="the cosine similarity a cached prompt needs to be served")
+    max_entries: int = Field(100_000, ge=1, description="prompts kept in the vector index of each process")
+
+
+class CacheConfig(_Section):
+    """The exact (and optional semantic) response cache in front of the providers."""
+
+    enabled: bool = False
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = Field(None, description="redis://host:port/db, needed by backend: redis")
+    key_prefix: str = Field("meterline:cache:", description="prefix of every Redis key the cache writes")
+    max_size_mb: float = Field(256, gt=0, description="the in-process cache's size bound (backend: memory)")
+    ttl_s: float = Field(3600, gt=0, description="how long an answer is served from cache, unless a rule says")
+    scope: Literal["key", "team", "shared"] = Field(
+        "team", description="who shares cached answers: a virtual key, a team, or every caller"
+    )
+    default: Literal["on", "off"] = Field("on", description="off: only calls sending x-meterline-cache: on are cached")
+    key_headers: list[str] = Field(
+        ["anthropic-version", "anthropic-beta", "openai-beta"],
+        description="request headers that change the answer, so they are part of the cache key",
+    )
+    max_temperature: float | None = Field(
+        0.0, ge=0, description="calls sampling hotter than this are not cached unless asked (null: any temperature)"
+    )
+    rules: list[CacheRuleConfig] = []
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+    @model_validator(mode="after")
+    def _redis_has_url(self) -> CacheConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url, e.g. redis://127.0.0.1:6379/0")
+        if any(rule.semantic for rule in self.rules) and self.semantic.embedding_model is None:
+            raise ValueError("a rule turns the semantic cache on, which needs semantic.embedding_model")
+        return self
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -278,6 +335,7 @@ class Config(_Section):
     budgets: BudgetsConfig = BudgetsConfig()
     alerts: AlertsConfig = AlertsConfig()
     resilience: ResilienceConfig = ResilienceConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> Config:
@@ -309,6 +367,17 @@ class Config(_Section):
             problem = self.budget_problem(budget)
             if problem:
                 raise ValueError(f"budgets.budgets[{index}] ({budget.name!r}): {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_names_known_models(self) -> Config:
+        cache = self.cache
+        named = [(f"rules[{index}].model", rule.model) for index, rule in enumerate(cache.rules)]
+        named.append(("semantic.embedding_model", cache.semantic.embedding_model))
+        for where, model in named:
+            if model is not None and self.model(model) is None:
+                known = ", ".join(m.name for m in self.models) or "none"
+                raise ValueError(f"cache.{where}: {model!r} is not a configured model (configured: {known})")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

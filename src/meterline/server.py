@@ -20,15 +20,18 @@ from meterline.budgets.counters import CountersUnavailable, counters_for
 from meterline.budgets.guard import SpendGuard
 from meterline.budgets.rules import budget_problem
 from meterline.budgets.store import BudgetStore
+from meterline.cache.semantic import SemanticUnavailable
+from meterline.cache.service import ResponseCache
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
+from meterline.gateway.caching import GatewayCache
 from meterline.gateway.clock import Clock
 from meterline.gateway.keys import KeyAuthenticator, KeyStore
 from meterline.gateway.metering import Recorder
-from meterline.gateway.proxy import Gateway
+from meterline.gateway.proxy import COST_HEADER, OPENAI, REQUEST_ID_HEADER, Gateway
 from meterline.pricing.table import PriceTable
-from meterline.providers.base import build_provider
+from meterline.providers.base import ProviderFamily, build_provider
 from meterline.store.base import store_for
 from meterline.store.control import ControlDB
 from meterline.web.analytics_api import AnalyticsApi
@@ -108,7 +111,9 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         notices,
         store,
     )
-    gateway = Gateway(config, providers, authenticator, Recorder(price_table, spool), guard, clock)
+    recorder = Recorder(price_table, spool)
+    cache = build_cache(config, providers, recorder)
+    gateway = Gateway(config, providers, authenticator, recorder, guard, clock, cache)
     web_auth = WebAuth(authenticator, config.server.master_key)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
@@ -140,6 +145,8 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
             await guard.start()  # after the loader has loaded what the spool held, so budgets see all spend
         except CountersUnavailable as exc:
             raise StartupError(f"budgets.backend is {budgets.backend}: {exc}") from exc
+        if cache is not None:
+            await cache.cache.start()
         await gateway.start()
         if forwarder is not None:
             await forwarder.start()
@@ -148,6 +155,8 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         if forwarder is not None:
             await forwarder.stop()
         await gateway.stop()
+        if cache is not None:
+            await cache.cache.close()
         await guard.stop()
         await loader.stop()
         if store is not None:
@@ -156,6 +165,27 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+def build_cache(config: Config, providers: dict[str, ProviderFamily], recorder: Recorder) -> GatewayCache | None:
+    """The response cache when `cache.enabled`; a semantic cache needs an OpenAI-style embeddings model and usearch."""
+    settings = config.cache
+    if not settings.enabled:
+        return None
+    embedding_model = config.model(settings.semantic.embedding_model or "")
+    if embedding_model is not None:
+        provider = providers[embedding_model.provider]
+        if provider.dialect != OPENAI.name or "embeddings" not in provider.operations:
+            raise ConfigError(
+                f"cache.semantic.embedding_model: {embedding_model.name!r} is served by provider "
+                f"{embedding_model.provider!r} ({provider.kind}), which has no OpenAI-style embeddings endpoint; "
+                "name an embeddings model of an openai or openai_compatible provider"
+            )
+    try:
+        cache = ResponseCache(settings)
+    except SemanticUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
+    return GatewayCache(cache, config, recorder, OPENAI, (REQUEST_ID_HEADER, COST_HEADER))
 
 
 def serve(config: Config, role: WorkerRole | None = None) -> None:

@@ -29,7 +29,7 @@ _FIELDS = {
     "agent-run": "agent_run_id",
 }
 # meterline headers that steer the gateway rather than describe the call
-_CONTROL = frozenset({"agent-step", "retries"})
+_CONTROL = frozenset({"agent-step", "retries", "cache"})
 
 _PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
 _PROPERTY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meterline.cache.service import Plan
 from meterline.events.schema import UsageEvent, new_id, new_span_id
 from meterline.events.spool import SpoolWriter
 from meterline.gateway.attribution import Attribution
@@ -42,6 +43,8 @@ class CallContext:
     started_perf: float = field(default_factory=time.perf_counter)
     events: list[UsageEvent] = field(default_factory=list)
     """The events recorded for this call so far, one per attempt."""
+    cache_plan: Plan | None = None
+    """What the response cache does for this call; None when the cache is off."""
     usage_injected: bool = False
     """The gateway asked the provider for stream usage the client did not ask for (the meter hides it)."""
     attempt: int = 0
@@ -61,6 +64,11 @@ class CallContext:
     @property
     def team(self) -> str | None:
         return self.attribution.team or self.identity.team
+
+    @property
+    def cache_status(self) -> str:
+        """`none` without a cache plan, else `hit_exact`, `hit_semantic`, `miss`, `bypass` or `refresh`."""
+        return "none" if self.cache_plan is None else self.cache_plan.status
 
     @property
     def app(self) -> str | None:
@@ -83,6 +91,8 @@ class Outcome:
     response_model: str | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
+    saved_usd: float | None = None
+    """For a cache hit: what the call that produced the answer cost."""
 
 
 def estimated_usage(call: CallContext, reported: Usage | None, output_text: str) -> Usage:
@@ -147,6 +157,8 @@ class Recorder:
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            cache_status=call.cache_status,
+            saved_usd=outcome.saved_usd,
             usage_source="estimated" if outcome.estimated else "provider",
             usage_estimator=estimator_name() if outcome.estimated else None,
             key_id=call.identity.key_id,
@@ -162,8 +174,9 @@ class Recorder:
             agent_step=attribution.agent_step,
             properties=attribution.properties,
         )
-        priced = self.price_table.price_event(event)
-        if priced is not None:
+        if event.cache_status.startswith("hit"):
+            event.cost_usd = 0.0  # answered from cache: no upstream call, nothing to pay
+        elif (priced := self.price_table.price_event(event)) is not None:
             event.cost_usd = priced.cost_usd
             event.price_version = priced.price_version
         self.spool.append(event)

@@ -24,6 +24,9 @@ import orjson
 from aiohttp import web
 
 from meterline.budgets.guard import Refused, SpendGuard
+from meterline.cache.policy import HEADER as CACHE_HEADER
+from meterline.cache.policy import CacheHeaderInvalid, SemanticNotConfigured
+from meterline.cache.service import Plan
 from meterline.config import Config
 from meterline.gateway.attribution import (
     PREFIX,
@@ -34,6 +37,7 @@ from meterline.gateway.attribution import (
 )
 from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
 from meterline.gateway.breaker import Breaker, BreakerBoard
+from meterline.gateway.caching import GatewayCache
 from meterline.gateway.clock import Clock, SystemClock
 from meterline.gateway.keys import model_allowed
 from meterline.gateway.metering import CallContext, Outcome, Recorder, estimated_usage, outcome_of_stream
@@ -144,6 +148,7 @@ class Gateway:
         recorder: Recorder,
         guard: SpendGuard,
         clock: Clock | None = None,
+        cache: GatewayCache | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
@@ -156,6 +161,7 @@ class Gateway:
         self.breakers = BreakerBoard(
             config.resilience.breaker, [(model.provider, model.name) for model in config.models], self.clock
         )
+        self.cache = cache
         self.session: aiohttp.ClientSession | None = None
         # first-byte, idle and total limits are kept by the gateway itself (see `attempt` and `stream`)
         self._timeouts = {
@@ -328,12 +334,34 @@ class Gateway:
             call, raw = await self.accept(request, dialect, operation)
             provider = self.resolve(call, call.body["model"])
             most_retries = retries_limit(request.headers, call.identity.max_retries)
+            if self.cache is not None and operation != "count_tokens":
+                call.cache_plan = self.plan_cache(call, request.headers)
         except ClientError as exc:
             return self.error_response(dialect, exc.error)
         except RetriesHeaderInvalid as exc:
             return self.error_response(dialect, ApiError(400, str(exc), "invalid_header", param=RETRIES_HEADER))
         if operation == "count_tokens":  # costs nothing, so no budget applies, and is not retried
             return await self.count_tokens(request, call, provider, raw)
+        return await self.serve(request, call, raw, most_retries)
+
+    async def serve(
+        self, request: web.Request, call: CallContext, raw: bytes, most_retries: int | None
+    ) -> web.StreamResponse:
+        """Answer from the cache, else admit the call against budgets, call upstream, and cache its answer."""
+        plan = call.cache_plan
+        if plan is None:
+            return await self.admit_and_call(request, call, raw, most_retries)
+        assert self.cache is not None
+        answer = await self.cache.lookup(request, call, plan, self.serve)
+        if answer is not None:
+            return await self.cache.replay(request, call, plan, answer)
+        response = await self.admit_and_call(request, call, raw, most_retries)
+        await self.cache.keep(call, plan, response)
+        return response
+
+    async def admit_and_call(
+        self, request: web.Request, call: CallContext, raw: bytes, most_retries: int | None
+    ) -> web.StreamResponse:
         try:
             admission = await self.guard.admit(call)
         except Refused as exc:
@@ -347,6 +375,13 @@ class Gateway:
             return await self.call_upstream(request, call, model, raw, most_retries)
         finally:
             self.guard.settle(admission, call.events)
+
+    def plan_cache(self, call: CallContext, headers: Mapping[str, str]) -> Plan:
+        assert self.cache is not None
+        try:
+            return self.cache.plan(call, headers)
+        except (CacheHeaderInvalid, SemanticNotConfigured) as exc:
+            raise ClientError(ApiError(400, str(exc), "invalid_header", param=CACHE_HEADER)) from exc
 
     async def call_upstream(
         self, request: web.Request, call: CallContext, model: str, raw: bytes, most_retries: int | None
@@ -609,7 +644,7 @@ class Gateway:
                             headers = returned_headers(upstream.headers)
                             headers[REQUEST_ID_HEADER] = call.request_id
                             headers[ATTEMPTS_HEADER] = str(call.attempt)
-                            response = web.StreamResponse(status=upstream.status, headers=headers)
+                            response = GatewayCache.stream_response(call, upstream.status, headers)
                             await response.prepare(request)
                         for event in splitter.feed(chunk):
                             if not event.data:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import struct
 import time
 import zlib
@@ -39,6 +40,7 @@ from meterline.mock_provider.tokens import messages_tokens, prompt_tokens, reply
 
 SYSTEM_FINGERPRINT = "fp_meterline_mock"
 DEFAULT_EMBEDDING_DIMENSIONS = 8
+_WORD = re.compile(r"\w+")
 MAX_DIMENSIONS = 8192
 MAX_CHOICES = 128
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embedding")
@@ -285,11 +287,16 @@ def _is_token_array(value: object) -> bool:
 
 @lru_cache(maxsize=1024)
 def _embedding(text: str, dimensions: int) -> tuple[float, ...]:
-    """A unit vector derived from the text's CRC-32: the same text always gets the same vector."""
-    state = zlib.crc32(text.encode()) or 1
-    values = []
-    for _ in range(dimensions):
-        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
-        values.append(state / 0x3FFFFFFF - 1.0)
-    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    """A unit vector from the text's words: each word adds ±1 on the dimension its CRC-32 picks.
+
+    The same text always gets the same vector, and texts sharing most of their words get similar
+    vectors (case and punctuation aside), so a semantic cache can be tested against it.
+    """
+    values = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()) or [text]:
+        digest = zlib.crc32(word.encode())
+        values[digest % dimensions] += 1.0 if digest & 0x80000000 else -1.0
+    norm = math.sqrt(sum(value * value for value in values))
+    if norm == 0:  # the words cancelled out: any fixed unit vector will do
+        return tuple(1.0 if index == 0 else 0.0 for index in range(dimensions))
     return tuple(value / norm for value in values)

@@ -1,0 +1,101 @@
+"""The semantic cache's vector index: prompts' embeddings, searched for the most similar one.
+
+One usearch HNSW index (cosine) per namespace — the caller's scope, the model, the feature and
+the hash of the rest of the request — maps each embedded prompt to the exact-cache key of its
+answer. A search returns that key when the nearest prompt's cosine similarity reaches the
+threshold and its answer's TTL has not passed. The index lives in this process (each worker
+builds its own as it answers); it holds about `max_entries` prompts, dropping expired and the oldest ones first.
+usearch is an optional dependency (`pip install 'meterline[semantic]'`); `require_usearch`
+says so at start-up when the semantic cache is configured without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+import numpy as np
+
+
+class SemanticUnavailable(RuntimeError):
+    """The semantic cache is configured but its vector index library is not installed."""
+
+
+def require_usearch() -> Any:
+    """The usearch `Index` class, or `SemanticUnavailable` saying how to install it."""
+    try:
+        from usearch.index import Index
+    except ImportError as exc:
+        raise SemanticUnavailable(
+            "cache.semantic.embedding_model is set, but the vector index library usearch is not installed: "
+            "pip install 'meterline[semantic]' (or pip install usearch), or remove cache.semantic"
+        ) from exc
+    return Index
+
+
+@dataclass
+class _Namespace:
+    index: Any
+    entries: OrderedDict[int, tuple[str, float]] = field(default_factory=OrderedDict)
+    """label -> (exact-cache key, expiry), oldest first."""
+
+
+class SemanticIndex:
+    def __init__(self, threshold: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.max_entries = max_entries
+        self.clock = clock
+        self._index_class = require_usearch()
+        self._namespaces: dict[tuple[str, ...], _Namespace] = {}
+        self._labels = count(1)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def search(self, namespace: tuple[str, ...], vector: list[float]) -> tuple[str, float] | None:
+        """(the exact-cache key, similarity) of the most similar live prompt at or above the threshold."""
+        space = self._namespaces.get(namespace)
+        if space is None or len(space.index) == 0 or space.index.ndim != len(vector):
+            return None
+        now = self.clock()
+        matches = space.index.search(np.asarray(vector, dtype=np.float32), min(8, len(space.index)))
+        for label, distance in zip(matches.keys.tolist(), matches.distances.tolist(), strict=True):
+            similarity = 1.0 - float(distance)
+            if similarity < self.threshold:
+                break
+            key, expires_at = space.entries[label]
+            if expires_at > now:
+                return key, similarity
+        return None
+
+    def add(self, namespace: tuple[str, ...], vector: list[float], key: str, ttl_s: float) -> None:
+        space = self._namespaces.pop(namespace, None)
+        if space is None or space.index.ndim != len(vector):
+            if space is not None:
+                self._size -= len(space.entries)
+            space = _Namespace(self._index_class(ndim=len(vector), metric="cos", dtype="f32"))
+        self._namespaces[namespace] = space  # the most recently added-to namespace last
+        label = next(self._labels)
+        space.index.add(label, np.asarray(vector, dtype=np.float32))
+        space.entries[label] = (key, self.clock() + ttl_s)
+        self._size += 1
+        self._evict(space)
+
+    def _evict(self, space: _Namespace) -> None:
+        """Drop the space's expired prompts (oldest first), then whole stale namespaces while over the bound."""
+        now = self.clock()
+        while space.entries:
+            label, (_, expires_at) = next(iter(space.entries.items()))
+            if expires_at > now and self._size <= self.max_entries:
+                break
+            del space.entries[label]
+            space.index.remove(label)
+            self._size -= 1
+        while self._size > self.max_entries and len(self._namespaces) > 1:
+            stale = self._namespaces.pop(next(iter(self._namespaces)))
+            self._size -= len(stale.entries)
