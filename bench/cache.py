@@ -1,0 +1,181 @@
+"""Cache benchmark: the latency of a cache hit beside a miss's, a bypass's and the provider's. Prints numbers only.
+
+Setup as in bench/gateway.py: the gateway (full metering, the exact cache on) is pinned to core
+0; the mock provider and the load generator (its own process) share core 1. For each cache
+backend (in process, Redis) and upstream latency, an open loop at a fixed rate sends:
+
+- direct: straight to the mock, every request different (what the provider takes);
+- bypass: through the gateway with `x-meterline-cache: off` (the gateway without its cache);
+- miss: through the gateway, every request different (a lookup that misses, then a store);
+- hit: through the gateway, the same request every time (answered from the cache).
+
+Added latency is the gateway's share: a bypass's or miss's p50/p99 minus the direct run's; a
+hit makes no upstream call, so all of its latency is added by the gateway.
+
+Redis: `MLINE_BENCH_REDIS_URL` (default redis://127.0.0.1:6379/15), under a key prefix of its
+own that is deleted afterwards.
+
+Run: .venv/bin/python bench/cache.py [--seconds 5] [--rate 200] [--latency-ms 0 50] [--backend memory redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway import REDIS_URL, delete_redis_keys, free_port, start, wait_healthy
+
+KEY = "bench-master-key"
+HEADERS = {"authorization": f"Bearer {KEY}", "content-type": "application/json", "x-meterline-feature": "bench"}
+MODES = ("direct", "bypass", "miss", "hit")
+
+
+def body(number: int | None) -> bytes:
+    prompt = "benchmark me please" if number is None else f"benchmark me please, request {number}"
+    return json.dumps(
+        {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 32, "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
+
+
+# ---- load generator (runs in its own process) --------------------------------------------------
+
+
+async def open_loop(mode: str, url: str, rate: float, seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    latencies: list[float] = []
+    failed = 0
+    headers = {**HEADERS, "x-meterline-cache": "off"} if mode == "bypass" else HEADERS
+    expected = {"bypass": "bypass", "miss": "miss", "hit": "hit_exact"}.get(mode)
+    numbers = itertools.count(time.time_ns())
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal failed
+        data = body(None if mode == "hit" else next(numbers))
+        began = time.perf_counter()
+        async with session.post(url, data=data, headers=headers) as reply:
+            await reply.read()
+            if reply.status != 200 or reply.headers.get("x-meterline-cache") != expected:
+                failed += 1
+        latencies.append((time.perf_counter() - began) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        if mode == "hit":
+            await one(session)  # the first is a miss; the rest are hits
+            latencies.clear()
+            failed = 0
+        tasks = []
+        began = time.perf_counter()
+        for index in range(int(rate * seconds)):
+            delay = began + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(session)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "ok": len(latencies) - failed,
+        "failed": failed,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def run_load(mode: str, url: str, rate: float, seconds: float) -> dict[str, float]:
+    """Run the load generator in a separate process pinned to core 1; returns its JSON result."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--load", mode, url, str(rate), str(seconds)], stdout=subprocess.PIPE
+    )
+    os.sched_setaffinity(process.pid, {1})
+    out, _ = process.communicate()
+    return json.loads(out)
+
+
+# ---- the benchmark -----------------------------------------------------------------------------
+
+
+def gateway_config(port: int, mock_port: int, backend: str, redis_prefix: str) -> str:
+    redis = f", redis_url: '{REDIS_URL}', key_prefix: '{redis_prefix}'" if backend == "redis" else ""
+    return (
+        f"server: {{host: 127.0.0.1, port: {port}, master_key: {KEY}}}\n"
+        "store: {kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool}\n"
+        f"providers:\n  openai: {{kind: openai, base_url: http://127.0.0.1:{mock_port}/v1, api_key: k}}\n"
+        "models:\n  - {name: gpt-4o-mini, provider: openai}\n"
+        f"cache: {{enabled: true, backend: {backend}{redis}}}\n"
+    )
+
+
+def bench(backend: str, latency_ms: float, rate: float, seconds: float) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="meterline-bench-cache-"))
+    mock_port, port = free_port(), free_port()
+    mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
+    redis_prefix = f"meterline-bench-cache-{os.getpid()}-{port}:"
+    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port, backend, redis_prefix))
+    gateway = start(["serve", "--config", "meterline.yaml"], folder, core=0)
+    urls = {
+        "direct": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+        **dict.fromkeys(MODES[1:], f"http://127.0.0.1:{port}/v1/chat/completions"),
+    }
+    try:
+        wait_healthy(f"http://127.0.0.1:{mock_port}")
+        wait_healthy(f"http://127.0.0.1:{port}")
+        run_load("miss", urls["miss"], rate, 1)  # warm-up
+        results = {mode: run_load(mode, urls[mode], rate, seconds) for mode in MODES}
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=60)
+        mock.terminate()
+        mock.wait()
+        if backend == "redis":
+            delete_redis_keys(redis_prefix)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    direct = results["direct"]
+    print(f"\n== cache backend {backend}, upstream latency {latency_ms:g} ms, {rate:g} req/s for {seconds:g} s ==")
+    for mode in MODES:
+        result = results[mode]
+        line = f"{mode:7s} p50 {result['p50']:7.2f} ms  p99 {result['p99']:7.2f} ms"
+        if mode in ("bypass", "miss"):
+            added_p50, added_p99 = result["p50"] - direct["p50"], result["p99"] - direct["p99"]
+            line += f"   added: p50 {added_p50:5.2f} ms, p99 {added_p99:5.2f} ms"
+        elif mode == "hit":
+            line += f"   added: p50 {result['p50']:5.2f} ms, p99 {result['p99']:5.2f} ms (no upstream call)"
+        print(line + (f"   ({result['failed']:.0f} failed)" if result["failed"] else ""))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        mode, url, rate, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+        runner = open_loop(mode, url, rate, seconds)
+        try:
+            import uvloop
+
+            result = uvloop.run(runner)
+        except ImportError:
+            result = asyncio.run(runner)
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=200, help="req/s of each run")
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
+    parser.add_argument("--backend", nargs="+", choices=["memory", "redis"], default=["memory", "redis"])
+    args = parser.parse_args()
+    for backend in args.backend:
+        for latency_ms in args.latency_ms:
+            bench(backend, latency_ms, args.rate, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
