@@ -21,7 +21,6 @@ Run: .venv/bin/python bench/cache.py [--seconds 5] [--rate 200] [--latency-ms 0 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import os
@@ -29,11 +28,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from gateway import REDIS_URL, delete_redis_keys, free_port, start, wait_healthy
+from gateway import REDIS_URL, delete_redis_keys, launch, paced, print_result, summary, wait_healthy
 
 KEY = "bench-master-key"
 HEADERS = {"authorization": f"Bearer {KEY}", "content-type": "application/json", "x-meterline-feature": "bench"}
@@ -75,21 +72,8 @@ async def open_loop(mode: str, url: str, rate: float, seconds: float) -> dict[st
             await one(session)  # the first is a miss; the rest are hits
             latencies.clear()
             failed = 0
-        tasks = []
-        began = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            delay = began + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(session)))
-        await asyncio.gather(*tasks)
-    latencies.sort()
-    return {
-        "ok": len(latencies) - failed,
-        "failed": failed,
-        "p50": latencies[len(latencies) // 2],
-        "p99": latencies[int(len(latencies) * 0.99)],
-    }
+        await paced(lambda: one(session), rate, seconds)
+    return summary(latencies, failed)
 
 
 def run_load(mode: str, url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -117,29 +101,24 @@ def gateway_config(port: int, mock_port: int, backend: str, redis_prefix: str) -
 
 
 def bench(backend: str, latency_ms: float, rate: float, seconds: float) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="meterline-bench-cache-"))
-    mock_port, port = free_port(), free_port()
-    mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
-    redis_prefix = f"meterline-bench-cache-{os.getpid()}-{port}:"
-    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port, backend, redis_prefix))
-    gateway = start(["serve", "--config", "meterline.yaml"], folder, core=0)
+    rig = launch(latency_ms, lambda port, mock_port, prefix: gateway_config(port, mock_port, backend, prefix))
     urls = {
-        "direct": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-        **dict.fromkeys(MODES[1:], f"http://127.0.0.1:{port}/v1/chat/completions"),
+        "direct": f"http://127.0.0.1:{rig.mock_port}/v1/chat/completions",
+        **dict.fromkeys(MODES[1:], f"http://127.0.0.1:{rig.port}/v1/chat/completions"),
     }
     try:
-        wait_healthy(f"http://127.0.0.1:{mock_port}")
-        wait_healthy(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{rig.mock_port}")
+        wait_healthy(f"http://127.0.0.1:{rig.port}")
         run_load("miss", urls["miss"], rate, 1)  # warm-up
         results = {mode: run_load(mode, urls[mode], rate, seconds) for mode in MODES}
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=60)
-        mock.terminate()
-        mock.wait()
+        rig.gateway.send_signal(signal.SIGTERM)
+        rig.gateway.wait(timeout=60)
+        rig.mock.terminate()
+        rig.mock.wait()
         if backend == "redis":
-            delete_redis_keys(redis_prefix)
-        shutil.rmtree(folder, ignore_errors=True)
+            delete_redis_keys(rig.redis_prefix)
+        shutil.rmtree(rig.folder, ignore_errors=True)
 
     direct = results["direct"]
     print(f"\n== cache backend {backend}, upstream latency {latency_ms:g} ms, {rate:g} req/s for {seconds:g} s ==")
@@ -157,14 +136,7 @@ def bench(backend: str, latency_ms: float, rate: float, seconds: float) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, rate, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-        runner = open_loop(mode, url, rate, seconds)
-        try:
-            import uvloop
-
-            result = uvloop.run(runner)
-        except ImportError:
-            result = asyncio.run(runner)
-        print(json.dumps(result))
+        print_result(open_loop(mode, url, rate, seconds))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5)

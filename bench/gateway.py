@@ -36,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any, NamedTuple
 
 KEY = "bench-master-key"
 HEADERS = {
@@ -128,15 +130,23 @@ async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
-        count = int(rate * seconds)
-        began = time.perf_counter()
-        for index in range(count):
-            delay = began + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(session)))
-        await asyncio.gather(*tasks)
+        await paced(lambda: one(session), rate, seconds)
+    return summary(latencies, failed)
+
+
+async def paced(one: Callable[[], Awaitable[None]], rate: float, seconds: float) -> None:
+    """Start `one()` `rate` times a second for `seconds` (an open loop), and wait for them all."""
+    tasks = []
+    began = time.perf_counter()
+    for index in range(int(rate * seconds)):
+        delay = began + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+
+
+def summary(latencies: list[float], failed: int) -> dict[str, float]:
     latencies.sort()
     return {
         "ok": len(latencies) - failed,
@@ -218,13 +228,33 @@ def litellm_throughput(mock_port: int, concurrency: int, seconds: float, folder:
         process.wait()
 
 
-def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | None) -> None:
+class Rig(NamedTuple):
+    """A mock provider on core 1 and a gateway on core 0, in a temporary folder."""
+
+    folder: Path
+    mock: subprocess.Popen[bytes]
+    mock_port: int
+    gateway: subprocess.Popen[bytes]
+    port: int
+    redis_prefix: str
+    """A Redis key prefix of the gateway's own, for the caller to delete afterwards."""
+
+
+def launch(latency_ms: float, config: Callable[[int, int, str], str]) -> Rig:
+    """Start the mock (with `latency_ms`) and a gateway whose config is `config(port, mock_port, redis_prefix)`."""
     folder = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
     mock_port, port = free_port(), free_port()
     mock = start(["mock-provider", "--port", str(mock_port), "--latency-ms", str(latency_ms)], folder, core=1)
     redis_prefix = f"meterline-bench-{os.getpid()}-{port}:"
-    (folder / "meterline.yaml").write_text(gateway_config(port, mock_port, budgets, redis_prefix))
+    (folder / "meterline.yaml").write_text(config(port, mock_port, redis_prefix))
     gateway = start(["serve", "--config", "meterline.yaml"], folder, core=0)
+    return Rig(folder, mock, mock_port, gateway, port, redis_prefix)
+
+
+def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | None) -> None:
+    folder, mock, mock_port, gateway, port, redis_prefix = launch(
+        latency_ms, lambda port, mock_port, prefix: gateway_config(port, mock_port, budgets, prefix)
+    )
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
     concurrency = 64 if latency_ms == 0 else max(64, int(3000 * latency_ms / 1000))
@@ -270,17 +300,21 @@ def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | N
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def print_result(runner: Coroutine[Any, Any, dict[str, float]]) -> None:
+    """Run a load generator (on uvloop when installed) and print its result as JSON for `run_load`."""
+    try:
+        import uvloop
+
+        result = uvloop.run(runner)
+    except ImportError:
+        result = asyncio.run(runner)
+    print(json.dumps(result))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, value, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-        runner = closed_loop(url, int(value), seconds) if mode == "closed" else open_loop(url, value, seconds)
-        try:
-            import uvloop
-
-            result = uvloop.run(runner)
-        except ImportError:
-            result = asyncio.run(runner)
-        print(json.dumps(result))
+        print_result(closed_loop(url, int(value), seconds) if mode == "closed" else open_loop(url, value, seconds))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
