@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
-from tests.conftest import TEST_REDIS_URL, GatewayService
+from tests.conftest import MASTER_KEY, TEST_REDIS_URL, GatewayService
+from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, column, settled, watch
 
 CACHE = """
 cache:
@@ -182,6 +185,19 @@ def test_anthropic_messages_are_cached_too(gateway) -> None:  # type: ignore[no-
     beta = post(gateway, body, path="/v1/messages", anthropic_version="2023-06-01", anthropic_beta="some-beta")
     assert beta.headers["x-meterline-cache"] == "miss"  # a beta header can change the answer
 
+    streams = []
+    for _ in range(2):
+        headers = gateway.headers(**{"anthropic-version": "2023-06-01"})
+        with httpx.stream(
+            "POST", gateway.url + "/v1/messages", json={**body, "stream": True}, headers=headers, timeout=30
+        ) as reply:
+            streams.append((reply.headers["x-meterline-cache"], reply.read()))
+    (first_status, first), (second_status, second) = streams
+    assert (first_status, second_status) == ("miss", "hit_exact")
+    cost = next(line for line in first.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
+    assert second == first.replace(cost, b": x-meterline-cost-usd=0")
+    assert second.index(b": x-meterline-cost-usd=0") < second.index(b"event: message_stop")
+
 
 def test_identical_embedding_inputs_are_served_from_cache(gateway, mock_requests) -> None:  # type: ignore[no-untyped-def]
     body = {"model": "text-embedding-3-small", "input": ["dedup me", "and me"]}
@@ -254,16 +270,39 @@ def test_semantic_lookups_are_refused_when_not_configured(make_gateway) -> None:
     assert reply.status_code == 400 and "cache.semantic.embedding_model" in reply.json()["error"]["message"]
 
 
-def test_the_cache_api_shows_hit_rate_and_savings_by_feature(make_gateway) -> None:  # type: ignore[no-untyped-def]
+def test_the_cache_api_and_dashboard_show_hit_rate_and_savings_by_feature(make_gateway) -> None:  # type: ignore[no-untyped-def]
     fresh = make_gateway(extra=cache_section())
     body = chat_body("exact cache: analytics")
     replies = [post(fresh, body, x_meterline_feature="reports") for _ in range(4)]
     cost = float(replies[0].headers["x-meterline-cost-usd"])
-    fresh.events(expected=4, feature="reports")
+    post(fresh, chat_body("exact cache: another feature", temperature=1), x_meterline_feature="drafts")
+    fresh.events(expected=5)
     rows = httpx.get(fresh.url + "/api/v1/cache", params={"group_by": "feature"}, headers=fresh.headers()).json()
-    (row,) = [r for r in rows["rows"] if r["feature"] == "reports"]
-    assert (row["requests"], row["hits"], row["hit_rate"]) == (4, 3, 0.75)
-    assert row["saved_usd"] == pytest.approx(3 * cost)
+    by_feature = {row["feature"]: row for row in rows["rows"]}
+    reports, drafts = by_feature["reports"], by_feature["drafts"]
+    assert (reports["requests"], reports["hits"], reports["hit_rate"]) == (4, 3, 0.75)
+    assert reports["saved_usd"] == pytest.approx(3 * cost)
+    assert (drafts["requests"], drafts["hits"], drafts["saved_usd"]) == (1, 0, 0)
+
+    if not Path(CHROMIUM).exists():
+        return
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(base_url=fresh.url)
+        problems = watch(page, fresh.url)
+        page.goto("/login?next=/cache")
+        page.fill("input[name=key]", MASTER_KEY)
+        page.click("button[type=submit]")
+        page.wait_for_url(fresh.url + "/cache")
+        settled(page)
+        features = column(page, "cache-table", "Feature")
+        row = features.index("reports")
+        assert column(page, "cache-table", "Cache hits")[row] == "3"
+        assert column(page, "cache-table", "Hit rate")[row] == "75.0%"
+        assert column(page, "cache-table", "Saved")[row] not in ("$0.00", "unpriced")
+        assert column(page, "cache-table", "Hit rate")[features.index("drafts")] == "0.0%"
+        browser.close()
+    assert problems == []
 
 
 def test_a_hit_is_not_charged_to_budgets(make_gateway) -> None:  # type: ignore[no-untyped-def]

@@ -145,6 +145,8 @@ def test_the_redis_backend_shares_answers_and_misses_when_redis_is_down(new_redi
         found = await two.get("k")
         assert found is not None and (found.body, found.cost_usd) == (b'{"a":1}', 0.5)
         assert await two.get("other") is None
+        assert one._client is not None
+        assert 0 < await one._client.pttl(prefix + "answer:k") <= 30_000  # Redis expires it with its TTL
         await one.close()
         await two.close()
         down = RedisBackend("redis://127.0.0.1:1/0", prefix)
