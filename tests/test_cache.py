@@ -345,4 +345,10 @@ def test_a_redis_cache_is_shared_by_two_gateway_processes(make_gateway, new_redi
     _, replayed = stream(two, body)
     cost = next(line for line in streamed.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
     assert replayed == streamed.replace(cost, b": x-meterline-cost-usd=0")
-    assert len(mock_requests()) == 2
+    # the semantic cache's prompts are shared too: one gateway embeds, the other finds it
+    first = post(one, chat_body("Which river flows through the city of Paris?"), x_meterline_feature="faq")
+    close = post(two, chat_body("which river flows through the city of paris today"), x_meterline_feature="faq")
+    assert (first.headers["x-meterline-cache"], close.headers["x-meterline-cache"]) == ("miss", "hit_semantic")
+    assert close.content == first.content
+    upstream = [request["path"] for request in mock_requests()]
+    assert upstream.count("/v1/chat/completions") == 3 and upstream.count("/v1/embeddings") == 2

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from meterline.cache.backends import MemoryBackend, RedisBackend
+from meterline.cache.backends import MemoryBackend, RedisBackend, RedisLink
 from meterline.cache.entries import CachedAnswer, decode_answer, encode_answer
 from meterline.cache.policy import CacheHeaderInvalid, CachePolicy, SemanticNotConfigured
 from meterline.cache.requests import request_key, scope_of, semantic_prompt
 from meterline.cache.semantic import SemanticIndex
 from meterline.cache.service import stream_answer
+from meterline.cache.shared import SharedPrompts
 from meterline.config import CacheConfig, ConfigError, parse_config
 from meterline.providers.base import build_provider
 from meterline.server import build_cache
@@ -138,18 +139,17 @@ def test_the_redis_backend_shares_answers_and_misses_when_redis_is_down(new_redi
     prefix = new_redis_prefix()
 
     async def run() -> None:
-        one, two = RedisBackend(TEST_REDIS_URL, prefix), RedisBackend(TEST_REDIS_URL, prefix)
+        one, two = RedisBackend(RedisLink(TEST_REDIS_URL), prefix), RedisBackend(RedisLink(TEST_REDIS_URL), prefix)
         await one.start()
         await two.start()
         await one.put("k", answer(b'{"a":1}', cost=0.5), ttl_s=30)
         found = await two.get("k")
         assert found is not None and (found.body, found.cost_usd) == (b'{"a":1}', 0.5)
         assert await two.get("other") is None
-        assert one._client is not None
-        assert 0 < await one._client.pttl(prefix + "answer:k") <= 30_000  # Redis expires it with its TTL
+        assert 0 < await one.link.client.pttl(prefix + "answer:k") <= 30_000  # Redis expires it with its TTL
         await one.close()
         await two.close()
-        down = RedisBackend("redis://127.0.0.1:1/0", prefix)
+        down = RedisBackend(RedisLink("redis://127.0.0.1:1/0"), prefix)
         await down.start()
         await down.put("k", answer(), ttl_s=30)
         assert await down.get("k") is None
@@ -192,6 +192,30 @@ def test_the_vector_index_stays_bounded() -> None:
         index.add(("s", str(number % 2)), unit(1, number + 1), f"answer-{number}", ttl_s=60)
     assert len(index) <= 3
     assert index.search(("s", "0"), unit(1, 5)) == ("answer-4", pytest.approx(1.0))
+
+
+def test_prompts_published_to_redis_reach_every_replica_until_they_expire(new_redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    prefix, wall = new_redis_prefix(), Clock()
+    space = ("team:a", "m", "faq", "ctx")
+
+    async def run() -> None:
+        link = RedisLink(TEST_REDIS_URL)
+        await link.start()
+        shared = SharedPrompts(link, prefix, max_entries=100, wall_clock=wall)
+        here, there = SemanticIndex(0.9, 100), SemanticIndex(0.9, 100)
+        assert await shared.publish(space, unit(1, 0, 0), "answer-1", ttl_s=60)
+        assert await shared.publish(space, unit(0, 1, 0), "answer-2", ttl_s=5)
+        await shared.sync(space, there)
+        assert there.search(space, unit(1, 0.1, 0))[0] == "answer-1"  # type: ignore[index]
+        await shared.sync(space, there)  # nothing new: nothing added twice
+        assert len(there) == 2
+        wall.now += 10  # the second prompt's TTL has passed when the other replica first reads
+        await shared.sync(space, here)
+        assert len(here) == 1 and here.search(space, unit(0, 1, 0)) is None
+        assert 0 < await link.client.pttl(shared.stream_key(space)) <= 60_000
+        await link.close()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize(

@@ -82,51 +82,70 @@ class MemoryBackend:
         self.used_bytes -= answer.size
 
 
-class RedisBackend:
-    """Answers in Redis, shared by every process that uses the same URL and prefix."""
+class RedisLink:
+    """One Redis connection pool for the cache, and its logging of failures (at most every 10 s)."""
 
-    def __init__(self, url: str, key_prefix: str) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.prefix = key_prefix + "answer:"
         self._client: aioredis.Redis | None = None
         self._logged_at = -_LOG_INTERVAL_S
 
+    @property
+    def client(self) -> aioredis.Redis:
+        assert self._client is not None, "RedisLink.start() was not awaited"
+        return self._client
+
     async def start(self) -> None:
+        if self._client is not None:
+            return
         self._client = aioredis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            self._unavailable(exc)
+            self.unavailable(exc)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+            self._client = None
 
-    async def get(self, key: str) -> CachedAnswer | None:
-        assert self._client is not None, "RedisBackend.start() was not awaited"
-        try:
-            data = await self._client.get(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            self._unavailable(exc)
-            return None
-        return None if data is None else decode_answer(data)
-
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
-        assert self._client is not None, "RedisBackend.start() was not awaited"
-        try:
-            await self._client.set(self.prefix + key, encode_answer(answer), px=max(1, int(ttl_s * 1000)))
-        except (RedisError, OSError) as exc:
-            self._unavailable(exc)
-
-    def _unavailable(self, exc: BaseException) -> None:
+    def unavailable(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._logged_at >= _LOG_INTERVAL_S:
             self._logged_at = now
             log.warning("the cache's Redis at %s does not answer (%s); calls go upstream uncached", self.url, exc)
 
 
-def backend_for(kind: str, max_size_mb: float, redis_url: str | None, key_prefix: str) -> Backend:
+class RedisBackend:
+    """Answers in Redis, shared by every process that uses the same URL and prefix."""
+
+    def __init__(self, link: RedisLink, key_prefix: str) -> None:
+        self.link = link
+        self.prefix = key_prefix + "answer:"
+
+    async def start(self) -> None:
+        await self.link.start()
+
+    async def close(self) -> None:
+        await self.link.close()
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        try:
+            data = await self.link.client.get(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            self.link.unavailable(exc)
+            return None
+        return None if data is None else decode_answer(data)
+
+    async def put(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
+        try:
+            await self.link.client.set(self.prefix + key, encode_answer(answer), px=max(1, int(ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            self.link.unavailable(exc)
+
+
+def backend_for(kind: str, max_size_mb: float, link: RedisLink | None, key_prefix: str) -> Backend:
     if kind == "redis":
-        assert redis_url is not None, "checked by CacheConfig"
-        return RedisBackend(redis_url, key_prefix)
+        assert link is not None, "a Redis backend needs a link"
+        return RedisBackend(link, key_prefix)
     return MemoryBackend(int(max_size_mb * 1024 * 1024))

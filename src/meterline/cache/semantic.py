@@ -3,8 +3,9 @@
 One usearch HNSW index (cosine) per namespace — the caller's scope, the model, the feature and
 the hash of the rest of the request — maps each embedded prompt to the exact-cache key of its
 answer. A search returns that key when the nearest prompt's cosine similarity reaches the
-threshold and its answer's TTL has not passed. The index lives in this process (each worker
-builds its own as it answers); it holds about `max_entries` prompts, dropping expired and the oldest ones first.
+threshold and its answer's TTL has not passed. The index lives in this process; with the Redis
+backend it is a replica of the prompts every process published (`meterline.cache.shared`). It
+holds about `max_entries` prompts, dropping expired and the oldest ones first.
 usearch is an optional dependency (`pip install 'meterline[semantic]'`); `require_usearch`
 says so at start-up when the semantic cache is configured without it.
 """
@@ -42,6 +43,8 @@ class _Namespace:
     index: Any
     entries: OrderedDict[int, tuple[str, float]] = field(default_factory=OrderedDict)
     """label -> (exact-cache key, expiry), oldest first."""
+    cursor: str = "0"
+    """How far this namespace has been read from a shared store (see `meterline.cache.shared`)."""
 
 
 class SemanticIndex:
@@ -73,7 +76,15 @@ class SemanticIndex:
                 return key, similarity
         return None
 
-    def add(self, namespace: tuple[str, ...], vector: list[float], key: str, ttl_s: float) -> None:
+    def cursor(self, namespace: tuple[str, ...]) -> str:
+        """How far the namespace has been read from a shared store ("0": not at all, or not since it was dropped)."""
+        space = self._namespaces.get(namespace)
+        return "0" if space is None else space.cursor
+
+    def add(
+        self, namespace: tuple[str, ...], vector: list[float], key: str, ttl_s: float, cursor: str | None = None
+    ) -> None:
+        """Index a prompt's vector for `ttl_s` seconds; `cursor`: the shared store's position it was read at."""
         space = self._namespaces.pop(namespace, None)
         if space is None or space.index.ndim != len(vector):
             if space is not None:
@@ -83,6 +94,8 @@ class SemanticIndex:
         label = next(self._labels)
         space.index.add(label, np.asarray(vector, dtype=np.float32))
         space.entries[label] = (key, self.clock() + ttl_s)
+        if cursor is not None:
+            space.cursor = cursor
         self._size += 1
         self._evict(space)
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from meterline.cache.backends import Backend, backend_for
+from meterline.cache.backends import Backend, RedisLink, backend_for
 from meterline.cache.entries import CachedAnswer
 from meterline.cache.policy import HEADER, CachePolicy, Decision
 from meterline.cache.requests import CacheScope, request_key, scope_of, semantic_prompt
 from meterline.cache.semantic import SemanticIndex
+from meterline.cache.shared import SharedPrompts
 from meterline.config import CacheConfig
 
 COST_COMMENT = b": x-meterline-cost-usd="
@@ -68,15 +69,19 @@ def stream_answer(written: list[bytes]) -> tuple[bytes, bytes] | None:
 
 
 class ResponseCache:
-    def __init__(self, config: CacheConfig, backend: Backend | None = None) -> None:
+    def __init__(self, config: CacheConfig) -> None:
         self.config = config
         self.scope: CacheScope = config.scope
         self.policy = CachePolicy(config)
-        self.backend = backend or backend_for(config.backend, config.max_size_mb, config.redis_url, config.key_prefix)
+        link = RedisLink(config.redis_url) if config.backend == "redis" and config.redis_url else None
+        self.backend: Backend = backend_for(config.backend, config.max_size_mb, link, config.key_prefix)
         semantic = config.semantic
-        self.index = (
-            SemanticIndex(semantic.threshold, semantic.max_entries) if semantic.embedding_model is not None else None
-        )
+        self.index: SemanticIndex | None = None
+        self.shared: SharedPrompts | None = None
+        if semantic.embedding_model is not None:
+            self.index = SemanticIndex(semantic.threshold, semantic.max_entries)
+            if link is not None:
+                self.shared = SharedPrompts(link, config.key_prefix, semantic.max_entries)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -121,6 +126,8 @@ class ResponseCache:
         plan.vector = await embed(plan.prompt)
         if plan.vector is None:
             return None
+        if self.shared is not None:
+            await self.shared.sync(plan.namespace, self.index)
         match = self.index.search(plan.namespace, plan.vector)
         if match is None:
             return None
@@ -132,5 +139,8 @@ class ResponseCache:
     async def store(self, plan: Plan, answer: CachedAnswer) -> None:
         ttl_s = plan.decision.ttl_s
         await self.backend.put(plan.key, answer, ttl_s)
-        if self.index is not None and plan.vector is not None:
-            self.index.add(plan.namespace, plan.vector, plan.key, ttl_s)
+        if self.index is None or plan.vector is None:
+            return
+        if self.shared is not None and await self.shared.publish(plan.namespace, plan.vector, plan.key, ttl_s):
+            return  # every process, this one included, reads it from Redis before its next search
+        self.index.add(plan.namespace, plan.vector, plan.key, ttl_s)
