@@ -19,23 +19,25 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-import numpy as np
-
 
 class SemanticUnavailable(RuntimeError):
     """The semantic cache is configured but its vector index library is not installed."""
 
 
-def require_usearch() -> Any:
-    """The usearch `Index` class, or `SemanticUnavailable` saying how to install it."""
+def require_usearch() -> tuple[Any, Any]:
+    """The usearch `Index` class and numpy (a dependency of usearch), or `SemanticUnavailable` saying how to install it.
+
+    Imported only when a semantic cache is configured: neither is a dependency of the gateway itself.
+    """
     try:
+        import numpy
         from usearch.index import Index
     except ImportError as exc:
         raise SemanticUnavailable(
             "cache.semantic.embedding_model is set, but the vector index library usearch is not installed: "
             "pip install 'meterline[semantic]' (or pip install usearch), or remove cache.semantic"
         ) from exc
-    return Index
+    return Index, numpy
 
 
 @dataclass
@@ -52,7 +54,7 @@ class SemanticIndex:
         self.threshold = threshold
         self.max_entries = max_entries
         self.clock = clock
-        self._index_class = require_usearch()
+        self._index_class, self._numpy = require_usearch()
         self._namespaces: dict[tuple[str, ...], _Namespace] = {}
         self._labels = count(1)
         self._size = 0
@@ -60,13 +62,16 @@ class SemanticIndex:
     def __len__(self) -> int:
         return self._size
 
+    def _array(self, vector: list[float]) -> Any:
+        return self._numpy.asarray(vector, dtype=self._numpy.float32)
+
     def search(self, namespace: tuple[str, ...], vector: list[float]) -> tuple[str, float] | None:
         """(the exact-cache key, similarity) of the most similar live prompt at or above the threshold."""
         space = self._namespaces.get(namespace)
         if space is None or len(space.index) == 0 or space.index.ndim != len(vector):
             return None
         now = self.clock()
-        matches = space.index.search(np.asarray(vector, dtype=np.float32), min(8, len(space.index)))
+        matches = space.index.search(self._array(vector), min(8, len(space.index)))
         for label, distance in zip(matches.keys.tolist(), matches.distances.tolist(), strict=True):
             similarity = 1.0 - float(distance)
             if similarity < self.threshold:
@@ -92,7 +97,7 @@ class SemanticIndex:
             space = _Namespace(self._index_class(ndim=len(vector), metric="cos", dtype="f32"))
         self._namespaces[namespace] = space  # the most recently added-to namespace last
         label = next(self._labels)
-        space.index.add(label, np.asarray(vector, dtype=np.float32))
+        space.index.add(label, self._array(vector))
         space.entries[label] = (key, self.clock() + ttl_s)
         if cursor is not None:
             space.cursor = cursor

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from array import array
 from collections.abc import Callable
 
-import numpy as np
 from redis.exceptions import RedisError
 
 from meterline.cache.backends import RedisLink
@@ -37,7 +37,7 @@ class SharedPrompts:
         """Add a prompt for every process; False when Redis did not take it."""
         stream = self.stream_key(namespace)
         fields: dict[str, bytes | str] = {
-            "v": np.asarray(vector, dtype=np.float32).tobytes(),
+            "v": array("f", vector).tobytes(),
             "k": key,
             "e": repr(self.wall_clock() + ttl_s),
         }
@@ -66,5 +66,5 @@ class SharedPrompts:
             ttl_s = float(fields[b"e"]) - now
             position = entry_id.decode()
             if ttl_s > 0:
-                vector = np.frombuffer(fields[b"v"], dtype=np.float32).tolist()
+                vector = array("f", fields[b"v"]).tolist()
                 index.add(namespace, vector, fields[b"k"].decode(), ttl_s, cursor=position)
