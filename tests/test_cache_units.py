@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,10 +239,10 @@ def test_bad_cache_config_says_what_to_fix(section: str, problem: str) -> None:
 
 def test_a_semantic_cache_needs_an_openai_style_embeddings_model() -> None:
     config = parse_config(
-        f"""
-providers: {{a: {{kind: anthropic, base_url: 'http://x'}}, o: {{kind: openai, base_url: 'http://x'}}}}
-models: [{{name: claude, provider: a}}, {{name: embed, provider: o}}]
-cache: {{enabled: true, key_prefix: "unit-{uuid.uuid4().hex}:", semantic: {{embedding_model: claude}}}}
+        """
+providers: {a: {kind: anthropic, base_url: 'http://x'}, o: {kind: openai, base_url: 'http://x'}}
+models: [{name: claude, provider: a}, {name: embed, provider: o}]
+cache: {enabled: true, semantic: {embedding_model: claude}}
 """,
         Path("."),
     )
@@ -249,4 +250,21 @@ cache: {{enabled: true, key_prefix: "unit-{uuid.uuid4().hex}:", semantic: {{embe
     with pytest.raises(ConfigError, match="no OpenAI-style embeddings endpoint"):
         build_cache(config, providers, recorder=None)  # type: ignore[arg-type]
     config.cache.semantic.embedding_model = "embed"
+    assert build_cache(config, providers, recorder=None) is not None  # type: ignore[arg-type]
+
+
+def test_a_semantic_cache_without_usearch_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(
+        """
+providers: {o: {kind: openai, base_url: 'http://x'}}
+models: [{name: embed, provider: o}]
+cache: {enabled: true, semantic: {embedding_model: embed}}
+""",
+        Path("."),
+    )
+    providers = {name: build_provider(name, provider) for name, provider in config.providers.items()}
+    monkeypatch.setitem(sys.modules, "usearch.index", None)  # as if usearch were not installed
+    with pytest.raises(ConfigError, match=re.escape("pip install 'meterline[semantic]'")):
+        build_cache(config, providers, recorder=None)  # type: ignore[arg-type]
+    config.cache.semantic.embedding_model = None  # the exact cache alone needs no usearch
     assert build_cache(config, providers, recorder=None) is not None  # type: ignore[arg-type]
