@@ -313,6 +313,8 @@ budgets:
   default_output_tokens: 50
   budgets:
     - {name: tight, scope: "team:frugal", period: month, limit_usd: 0.00005, actions: [block]}
+    - {name: cheaper, scope: "feature:thrifty", period: month, limit_usd: 0.000001, actions: [downgrade],
+       downgrade: {gpt-4o: gpt-4o-mini}}
 """
     )
     body = chat_body("exact cache: within budget", max_tokens=50)
@@ -331,6 +333,12 @@ budgets:
     # a call that is not cached still meets the budget
     uncached = post(limited, body, x_meterline_team="frugal", x_meterline_cache="off", x_mock_output_tokens="50")
     assert uncached.status_code == 402
+
+    # an answer from a cheaper model a budget downgraded the call to is not the requested model's
+    downgraded = [post(limited, {**body, "model": "gpt-4o"}, x_meterline_feature="thrifty") for _ in range(2)]
+    assert [r.headers["x-meterline-cache"] for r in downgraded] == ["miss", "miss"]
+    (event,) = limited.events(request_id=downgraded[1].headers["x-meterline-request-id"])
+    assert (event["requested_model"], event["served_model"]) == ("gpt-4o", "gpt-4o-mini")
 
 
 def test_a_redis_cache_is_shared_by_two_gateway_processes(make_gateway, new_redis_prefix, mock_requests) -> None:  # type: ignore[no-untyped-def]

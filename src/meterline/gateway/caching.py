@@ -98,7 +98,7 @@ class GatewayCache:
         event = call.events[-1] if call.events else None
         if not plan.stores or event is None or event.status_code >= 400 or event.error_class != "none":
             return
-        if call.served_model:  # a budget downgraded the call: this is not the requested model's answer
+        if event.served_model not in (None, call.requested_model):  # a downgrade or fallback answered
             return
         answer = CachedAnswer(
             status=response.status,
