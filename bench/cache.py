@@ -12,6 +12,9 @@ backend (in process, Redis) and upstream latency, an open loop at a fixed rate s
 Added latency is the gateway's share: a bypass's or miss's p50/p99 minus the direct run's; a
 hit makes no upstream call, so all of its latency is added by the gateway.
 
+Then the cache's own work per call, in process without HTTP (less at the mercy of a busy machine):
+planning a call (policy, scope, request hash) and a lookup that hits, and a miss's lookup and store.
+
 Redis: `MLINE_BENCH_REDIS_URL` (default redis://127.0.0.1:6379/15), under a key prefix of its
 own that is deleted afterwards.
 
@@ -21,6 +24,7 @@ Run: .venv/bin/python bench/cache.py [--seconds 5] [--rate 200] [--latency-ms 0 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -133,6 +137,45 @@ def bench(backend: str, latency_ms: float, rate: float, seconds: float) -> None:
         print(line + (f"   ({result['failed']:.0f} failed)" if result["failed"] else ""))
 
 
+def cache_work(backend: str, calls: int = 20_000) -> None:
+    """Microseconds per call of the cache's own steps, with the same request body as the HTTP runs."""
+    from meterline.cache.entries import CachedAnswer
+    from meterline.cache.service import ResponseCache
+    from meterline.config import CacheConfig
+
+    settings = {"enabled": True, "backend": backend, "redis_url": REDIS_URL, "key_prefix": f"mlbench-{os.getpid()}:"}
+    cache = ResponseCache(CacheConfig.model_validate(settings))
+    request = json.loads(body(None))
+    answer = CachedAnswer(status=200, content_type="application/json", body=b"x" * 600, cost_usd=0.0001)
+    caller = ("key", "team", "team")
+    count = calls if backend == "memory" else calls // 10
+
+    async def no_embedding(_: str) -> None:
+        return None
+
+    async def run() -> tuple[float, float]:
+        await cache.start()
+        plan = cache.plan("chat", "gpt-4o-mini", request, {}, caller, "bench")
+        await cache.store(plan, answer)
+        began = time.perf_counter()
+        for _ in range(count):
+            await cache.lookup(cache.plan("chat", "gpt-4o-mini", request, {}, caller, "bench"), no_embedding)
+        hit_us = (time.perf_counter() - began) / count * 1e6
+        began = time.perf_counter()
+        for number in range(count):
+            plan = cache.plan("chat", "gpt-4o-mini", json.loads(body(number)), {}, caller, "bench")
+            await cache.lookup(plan, no_embedding)
+            await cache.store(plan, answer)
+        miss_us = (time.perf_counter() - began) / count * 1e6
+        await cache.close()
+        return hit_us, miss_us
+
+    hit_us, miss_us = asyncio.run(run())
+    if backend == "redis":
+        delete_redis_keys(settings["key_prefix"])
+    print(f"cache work, {backend:6s}: plan + hit {hit_us:7.1f} us/call; plan + miss + store {miss_us:7.1f} us/call")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, rate, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
@@ -147,6 +190,9 @@ def main() -> None:
     for backend in args.backend:
         for latency_ms in args.latency_ms:
             bench(backend, latency_ms, args.rate, args.seconds)
+    print()
+    for backend in args.backend:
+        cache_work(backend)
 
 
 if __name__ == "__main__":
