@@ -46,13 +46,29 @@ def post(gateway: GatewayService, body: dict[str, Any], path: str = "/v1/chat/co
     return httpx.post(gateway.url + path, json=body, headers=sent, timeout=30)
 
 
-def stream(gateway: GatewayService, body: dict[str, Any], **headers: str) -> tuple[httpx.Headers, bytes]:
+def stream(
+    gateway: GatewayService, body: dict[str, Any], path: str = "/v1/chat/completions", **headers: str
+) -> tuple[httpx.Headers, bytes]:
     sent = gateway.headers(**{name.replace("_", "-"): value for name, value in headers.items()})
-    with httpx.stream(
-        "POST", gateway.url + "/v1/chat/completions", json={**body, "stream": True}, headers=sent, timeout=30
-    ) as reply:
+    with httpx.stream("POST", gateway.url + path, json={**body, "stream": True}, headers=sent, timeout=30) as reply:
         assert reply.status_code == 200
         return reply.headers, reply.read()
+
+
+def at_zero_cost(streamed: bytes) -> bytes:
+    """The stream as a cache hit replays it: the same bytes, with the cost comment saying 0."""
+    cost = next(line for line in streamed.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
+    assert float(cost.split(b"=")[1]) > 0
+    return streamed.replace(cost, b": x-meterline-cost-usd=0")
+
+
+def assert_replayed(gateway: GatewayService, body: dict[str, Any], path: str, **headers: str) -> bytes:
+    """Stream `body` twice: a miss, then a hit replaying the first stream; returns the hit's bytes."""
+    first_headers, first = stream(gateway, body, path, **headers)
+    second_headers, second = stream(gateway, body, path, **headers)
+    assert (first_headers["x-meterline-cache"], second_headers["x-meterline-cache"]) == ("miss", "hit_exact")
+    assert second == at_zero_cost(first)
+    return second
 
 
 def event_of(gateway: GatewayService, request_id: str) -> dict[str, Any]:
@@ -101,9 +117,7 @@ def test_a_stream_is_replayed_byte_for_byte_with_its_cost_comment_at_zero(gatewa
     first_headers, first = stream(gateway, body)
     second_headers, second = stream(gateway, body)
     assert (first_headers["x-meterline-cache"], second_headers["x-meterline-cache"]) == ("miss", "hit_exact")
-    cost = next(line for line in first.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
-    assert float(cost.split(b"=")[1]) > 0
-    assert second == first.replace(cost, b": x-meterline-cost-usd=0")
+    assert second == at_zero_cost(first)
     assert first.count(b"data: ") > 5 and first.rstrip().endswith(b"data: [DONE]")
     assert len(mock_requests()) == 1
     hit = event_of(gateway, second_headers["x-meterline-request-id"])
@@ -185,18 +199,16 @@ def test_anthropic_messages_are_cached_too(gateway) -> None:  # type: ignore[no-
     beta = post(gateway, body, path="/v1/messages", anthropic_version="2023-06-01", anthropic_beta="some-beta")
     assert beta.headers["x-meterline-cache"] == "miss"  # a beta header can change the answer
 
-    streams = []
-    for _ in range(2):
-        headers = gateway.headers(**{"anthropic-version": "2023-06-01"})
-        with httpx.stream(
-            "POST", gateway.url + "/v1/messages", json={**body, "stream": True}, headers=headers, timeout=30
-        ) as reply:
-            streams.append((reply.headers["x-meterline-cache"], reply.read()))
-    (first_status, first), (second_status, second) = streams
-    assert (first_status, second_status) == ("miss", "hit_exact")
-    cost = next(line for line in first.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
-    assert second == first.replace(cost, b": x-meterline-cost-usd=0")
-    assert second.index(b": x-meterline-cost-usd=0") < second.index(b"event: message_stop")
+    replayed = assert_replayed(gateway, body, "/v1/messages", anthropic_version="2023-06-01")
+    assert replayed.index(b": x-meterline-cost-usd=0") < replayed.index(b"event: message_stop")
+
+
+def test_responses_api_answers_and_streams_are_cached(gateway) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "gpt-4o-mini", "temperature": 0, "input": "exact cache: the responses API"}
+    replies = [post(gateway, body, path="/v1/responses") for _ in range(2)]
+    assert [r.headers["x-meterline-cache"] for r in replies] == ["miss", "hit_exact"]
+    assert replies[1].content == replies[0].content
+    assert b"response.completed" in assert_replayed(gateway, body, "/v1/responses")
 
 
 def test_identical_embedding_inputs_are_served_from_cache(gateway, mock_requests) -> None:  # type: ignore[no-untyped-def]
@@ -351,8 +363,7 @@ def test_a_redis_cache_is_shared_by_two_gateway_processes(make_gateway, new_redi
     assert second.content == first.content
     _, streamed = stream(one, body)
     _, replayed = stream(two, body)
-    cost = next(line for line in streamed.split(b"\n") if line.startswith(b": x-meterline-cost-usd="))
-    assert replayed == streamed.replace(cost, b": x-meterline-cost-usd=0")
+    assert replayed == at_zero_cost(streamed)
     # the semantic cache's prompts are shared too: one gateway embeds, the other finds it
     first = post(one, chat_body("Which river flows through the city of Paris?"), x_meterline_feature="faq")
     close = post(two, chat_body("which river flows through the city of paris today"), x_meterline_feature="faq")
