@@ -269,6 +269,7 @@ def test_semantic_hits_need_the_threshold_and_the_same_context(gateway) -> None:
     hit = event_of(gateway, close.headers["x-meterline-request-id"])
     miss = event_of(gateway, first.headers["x-meterline-request-id"])
     assert hit["cache_status"] == "hit_semantic" and hit["saved_usd"] == pytest.approx(miss["cost_usd"])
+    assert 0.9 <= float(hit["properties"]["cache_similarity"]) < 1
     # each lookup embedded its prompt through the gateway: a metered call of its own, deduplicated
     lookups = gateway.events(expected=4, model="text-embedding-3-small", feature="faq")
     assert all(e["properties"] == {"cache": "semantic_lookup"} and e["operation"] == "embeddings" for e in lookups)

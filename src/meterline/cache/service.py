@@ -42,6 +42,8 @@ class Plan:
     namespace: tuple[str, ...] = ()
     prompt: str | None = None
     vector: list[float] | None = None
+    similarity: float | None = None
+    """For a semantic hit: the cosine similarity of the cached prompt to this one."""
 
     @property
     def stores(self) -> bool:
@@ -133,7 +135,7 @@ class ResponseCache:
             return None
         answer = await self.backend.get(match[0])
         if answer is not None:
-            plan.status = HIT_SEMANTIC
+            plan.status, plan.similarity = HIT_SEMANTIC, match[1]
         return answer
 
     async def store(self, plan: Plan, answer: CachedAnswer) -> None:

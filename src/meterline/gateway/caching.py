@@ -61,7 +61,13 @@ class GatewayCache:
     async def replay(
         self, request: web.Request, call: CallContext, plan: Plan, answer: CachedAnswer
     ) -> web.StreamResponse:
-        """Send a cached answer byte for byte, after recording its event."""
+        """Send a cached answer byte for byte, after recording its event.
+
+        A semantic hit's event carries the property `cache_similarity`, to tune the threshold by.
+        """
+        if plan.similarity is not None:
+            properties = {**call.attribution.properties, "cache_similarity": f"{plan.similarity:.4f}"}
+            call.attribution = dataclasses.replace(call.attribution, properties=properties)
         outcome = Outcome(
             status_code=answer.status,
             usage=Usage(),
