@@ -109,7 +109,7 @@ def test_policy_caches_deterministic_calls_and_obeys_the_header_and_rules() -> N
     assert policy.decide("embeddings", "m", None, {"input": "x"}, None).action == "lookup"
     with pytest.raises(CacheHeaderInvalid, match="on, off, refresh, semantic"):
         decide("yes")
-    opt_in = CachePolicy(CacheConfig.model_validate({"default": "off", "max_temperature": None}))
+    opt_in = CachePolicy(parse_config("cache: {default: off, max_temperature: null}", Path(".")).cache)
     assert opt_in.decide("chat", "m", None, CHAT, None).action == "bypass"
     assert opt_in.decide("chat", "m", None, {**CHAT, "temperature": 1.5}, "on").action == "lookup"
     with pytest.raises(SemanticNotConfigured):

@@ -317,6 +317,12 @@ class CacheConfig(_Section):
     rules: list[CacheRuleConfig] = []
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
+    @field_validator("default", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads an unquoted on/off as a boolean."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _redis_has_url(self) -> CacheConfig:
         if self.backend == "redis" and not self.redis_url:
