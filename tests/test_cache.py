@@ -90,6 +90,7 @@ def test_a_hit_returns_the_same_bytes_costs_nothing_and_records_what_it_saved(ga
     assert second.content == first.content
     assert (first.headers["x-meterline-cache"], second.headers["x-meterline-cache"]) == ("miss", "hit_exact")
     assert float(first.headers["x-meterline-cost-usd"]) > 0 and second.headers["x-meterline-cost-usd"] == "0"
+    assert (first.headers["x-meterline-attempts"], second.headers["x-meterline-attempts"]) == ("1", "0")
     assert second.headers["content-type"] == first.headers["content-type"]
     assert len(mock_requests()) == 1  # the hit never reached the provider
 

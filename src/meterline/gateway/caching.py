@@ -21,6 +21,7 @@ from meterline.cache.policy import HEADER
 from meterline.cache.service import COST_COMMENT, CapturingResponse, Plan, ResponseCache, stream_answer
 from meterline.config import Config
 from meterline.gateway.metering import CallContext, Outcome, Recorder
+from meterline.gateway.retries import ATTEMPTS_HEADER
 from meterline.providers.base import Dialect, Usage
 
 Serve = Callable[[web.Request, CallContext, bytes, int | None], Awaitable[web.StreamResponse]]
@@ -77,7 +78,12 @@ class GatewayCache:
             saved_usd=answer.cost_usd,
         )
         self.recorder.record(call, outcome)
-        headers = {"content-type": answer.content_type, self.request_id_header: call.request_id, HEADER: plan.status}
+        headers = {
+            "content-type": answer.content_type,
+            self.request_id_header: call.request_id,
+            HEADER: plan.status,
+            ATTEMPTS_HEADER: "0",  # no upstream attempt was made
+        }
         if answer.stream_tail is None:
             headers[self.cost_header] = "0"
             return web.Response(status=answer.status, body=answer.body, headers=headers)
