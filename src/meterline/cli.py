@@ -646,3 +646,218 @@ def budgets_delete(config_path: Path, name: str) -> None:
     except BudgetError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"deleted budget '{name}'; it stops applying from the next request on")
+
+
+@main.group()
+def alerts() -> None:
+    """Evaluate the alert rules now or at a past instant, and list alert states."""
+
+
+def _findings_table(findings: list[dict[str, object]], title: str) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, title=title, show_lines=True)
+    for column in ("rule", "about", "observed", "baseline", "band", "at stake", "what"):
+        table.add_column(column, overflow="fold")
+    for finding in findings:
+        table.add_row(
+            str(finding["rule"]) + (f" ({finding['signal']})" if finding.get("signal") else ""),
+            f"{finding['dimension']} {finding['value']}",
+            f"{finding['observed']:.4g} {finding['unit']}",
+            f"{finding['baseline']:.4g}",
+            f"{finding['band']:.4g}",
+            f"${finding['usd_at_stake']:,.2f}",
+            f"{finding['summary']}\n{finding['link']}",
+        )
+    Console(width=160).print(table)
+
+
+@alerts.command("check")
+@CONFIG_OPTION
+@click.option("--at", "at_text", help="Evaluate at this ISO time (UTC if no offset) instead of now, to replay history.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def alerts_check(config_path: Path, at_text: str | None, as_json: bool) -> None:
+    """Evaluate every enabled alert rule once and print what is wrong (exit status 2 when something is).
+
+    A dry run: the stored alert states are not changed and nothing is sent. The running server's
+    API answers when one is up at the configured address, else the store file is read directly.
+
+    \b
+    Examples:
+      meterline alerts check
+      meterline alerts check --at 2026-03-02T14:00:00Z --json
+    """
+    from datetime import UTC, datetime
+
+    from meterline.alerts.engine import Detector, dashboard_url
+    from meterline.analytics.params import BadParameter, parse_time
+    from meterline.analytics.source import ServerSource, SourceError, server_answers, server_url
+    from meterline.store.duckdb import DuckDBStore
+
+    config = _load(config_path)
+    try:
+        at = parse_time("at", at_text) if at_text else datetime.now(UTC)
+    except BadParameter as exc:
+        raise click.ClickException(str(exc)) from exc
+    base_url = server_url(config)
+    if config.server.master_key and server_answers(base_url):
+        source = ServerSource(base_url, config.server.master_key)
+        try:
+            findings = source.get("alerts/check", {"at": at.isoformat()})["data"]
+        except SourceError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            source.close()
+    else:
+        store = DuckDBStore(config.store, read_only=True)
+        try:
+            store.open()
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            detector = Detector(store, config.alerts, dashboard_url(config))
+            findings = [finding.as_json() for finding in detector.findings(at)]
+        finally:
+            store.close()
+    if as_json:
+        click.echo(orjson.dumps({"at": at.isoformat(), "data": findings}, option=orjson.OPT_INDENT_2).decode())
+    elif findings:
+        _findings_table(findings, f"{len(findings)} alert condition(s) at {at.isoformat()}")
+    else:
+        click.echo(f"no alert conditions at {at.isoformat()}")
+    if findings:
+        sys.exit(2)
+
+
+@alerts.command("list")
+@CONFIG_OPTION
+@click.option("--state", type=click.Choice(["firing", "resolved"]), help="Only alerts in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+def alerts_list(config_path: Path, state: str | None, limit: int, as_json: bool) -> None:
+    """List stored alerts (from the server's evaluations and budget thresholds), newest first.
+
+    \b
+    Examples:
+      meterline alerts list --state firing
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from meterline.alerts.state import AlertStore
+    from meterline.store.control import ControlDB
+
+    config = _load(config_path)
+    store = AlertStore(ControlDB(config.store.control_path), timedelta(minutes=config.alerts.cooldown_minutes))
+    rows = store.listing(datetime.now(UTC), state, limit)
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(box=box.SIMPLE)
+    for column in ("id", "state", "rule", "about", "fired", "resolved", "silenced until", "summary"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["state"],
+            row["rule"],
+            f"{row['dimension']} {row['value']}",
+            row["fired_at"][:16].replace("T", " "),
+            (row["resolved_at"] or "")[:16].replace("T", " "),
+            (row["silenced_until"] or "")[:16].replace("T", " "),
+            row["summary"],
+        )
+    Console(width=160).print(table)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="DuckDB file to write (default: store.path of the config). It must not be in use by a server.",
+)
+@click.option("--days", type=click.IntRange(1, 365), default=30, show_default=True)
+@click.option(
+    "--incidents",
+    default="all",
+    show_default=True,
+    help="Comma-separated incident types to inject, 'all' or 'none': retry_storm, prompt_bloat, "
+    "runaway_user, model_swap, cache_breakage, provider_outage.",
+)
+@click.option("--per-type", type=click.IntRange(1, 20), default=2, show_default=True, help="Incidents of each type.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--end", "end_text", help="ISO time the traffic ends at (default: the current hour).")
+def simulate(
+    config_path: Path,
+    store_path: Path | None,
+    days: int,
+    incidents: str,
+    per_type: int,
+    seed: int,
+    end_text: str | None,
+) -> None:
+    """Write synthetic traffic with labelled injected incidents into a store, to measure the alerts.
+
+    The labels go beside the store as <store>.incidents.json; bench/alerts.py replays the
+    detector over the store and scores it against them.
+
+    \b
+    Examples:
+      meterline simulate --store sim.duckdb --days 30
+      meterline simulate --store sim.duckdb --days 14 --incidents retry_storm,model_swap --seed 3
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from rich.progress import Progress
+
+    from meterline.analytics.params import BadParameter, parse_time
+    from meterline.config import StoreConfig
+    from meterline.pricing.table import PriceTable
+    from meterline.simulate import INCIDENT_TYPES, PROVIDERS, hour_floor, labels_path, write_labels
+    from meterline.simulate import simulate as run_simulation
+    from meterline.store.duckdb import DuckDBStore
+
+    config = _load(config_path, required=False)
+    path = store_path or config.store.path
+    kinds = list(INCIDENT_TYPES) if incidents == "all" else [] if incidents == "none" else incidents.split(",")
+    try:
+        end = hour_floor(parse_time("end", end_text) if end_text else datetime.now(UTC))
+    except BadParameter as exc:
+        raise click.ClickException(str(exc)) from exc
+    store = DuckDBStore(StoreConfig(path=path))
+    try:
+        store.open()
+    except Exception as exc:
+        raise click.ClickException(f"cannot open the store {path} for writing: {exc}") from exc
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task("simulating days", total=days)
+            written, injected = run_simulation(
+                store,
+                PriceTable.load(config.pricing.overrides, PROVIDERS),
+                days=days,
+                end=end,
+                kinds=kinds,
+                per_kind=per_type,
+                seed=seed,
+                progress=lambda day: progress.update(task, completed=day),
+            )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    labels = labels_path(path)
+    write_labels(labels, injected, end - timedelta(days=days), end)
+    click.echo(f"wrote {written:,} events over {days} days to {path}")
+    for incident in injected:
+        about = incident.feature or incident.provider
+        who = f" user {incident.user}" if incident.user else ""
+        click.echo(f"  {incident.kind:<16} {incident.start:%Y-%m-%d %H:%M} to {incident.end:%H:%M} UTC  {about}{who}")
+    click.echo(f"labels: {labels}")

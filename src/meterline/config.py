@@ -239,8 +239,113 @@ class WebhookConfig(_Section):
         return value
 
 
+class _Rule(_Section):
+    enabled: bool = True
+
+
+class _RecentRule(_Rule):
+    """A rule over the last few minutes rather than the last hour."""
+
+    window_minutes: int = Field(15, ge=1, le=1440)
+    min_attempts: int = Field(20, ge=1)
+
+
+class FeatureAnomalyRule(_Rule):
+    """Rule 1: a feature's cost in the last hour above its trailing 7-day band (mean + sigmas x sd)."""
+
+    sigmas: float = Field(3.0, gt=0)
+    min_usd: float = Field(0.25, ge=0, description="the excess over the baseline must be at least this (USD/hour)")
+    seasonal_after_days: int = Field(
+        3, ge=1, le=7, description="compare with the same hour of earlier days once this many days of history exist"
+    )
+
+
+class UserRunawayRule(_Rule):
+    """Rule 2: a user's cost in the last hour (or day) at `factor` times their trailing 7-day average."""
+
+    factor: float = Field(10.0, gt=1)
+    min_usd_hour: float = Field(1.0, ge=0, description="floor for the hourly check, so tiny users do not page")
+    min_usd_day: float = Field(5.0, ge=0, description="floor for the daily check")
+
+
+class SpendRateRule(_Rule):
+    """Rule 3: gateway-wide cost in the last hour above `factor` times the trailing 7-day average for that hour."""
+
+    factor: float = Field(2.0, gt=1)
+    min_usd: float = Field(1.0, ge=0)
+
+
+class CacheHitRule(_Rule):
+    """Rule 5: a feature's cache hit rate in the last hour below `fraction` of its trailing 7-day rate."""
+
+    fraction: float = Field(0.5, gt=0, lt=1)
+    min_baseline_rate: float = Field(0.1, gt=0, le=1, description="features that rarely hit the cache are skipped")
+    min_requests: int = Field(20, ge=1)
+    sigmas: float = Field(3.0, ge=0, description="the missing hits must also exceed this many binomial sd (not noise)")
+
+
+class LatencyRule(_RecentRule):
+    """Rule 6: a model's p95 latency over the last `window_minutes` above `p95_ms`."""
+
+    p95_ms: float = Field(30_000, gt=0)
+    min_attempts: int = Field(5, ge=1)
+
+
+class ErrorRateRule(_RecentRule):
+    """Rule 7: a provider's error rate over the last `window_minutes` above `rate`."""
+
+    rate: float = Field(0.05, gt=0, lt=1)
+    min_errors: int = Field(5, ge=1, description="so that two failures out of thirty do not page")
+    sigmas: float = Field(2.0, ge=0, description="errors must exceed the allowed rate by this many binomial sd")
+
+
+class RetryRule(_Rule):
+    """Rule 8: a feature's attempts per logical request in the last hour above `attempts_per_request`."""
+
+    attempts_per_request: float = Field(1.5, gt=1)
+    min_requests: int = Field(10, ge=1)
+
+
+class PromptBloatRule(_Rule):
+    """Rule 9: a feature's cost per request `factor` times its trailing week while requests stayed within `flat`."""
+
+    factor: float = Field(2.0, gt=1)
+    flat: float = Field(1.5, gt=1, description="requests within [1/flat, flat] x the usual count for the hour")
+    min_requests: int = Field(20, ge=1)
+    min_usd: float = Field(0.1, ge=0, description="the extra cost in the hour must be at least this")
+
+
+class DivergenceRule(_Rule):
+    """Rule 10: a feature's latency and cost per request moving apart by `factor` (queueing / payload growth)."""
+
+    factor: float = Field(2.0, gt=1, description="how much faster one must grow than the other")
+    min_change: float = Field(1.5, gt=1, description="the faster one must have grown at least this much")
+    min_requests: int = Field(20, ge=1)
+
+
+class AlertRulesConfig(_Section):
+    feature_anomaly: FeatureAnomalyRule = FeatureAnomalyRule()
+    user_runaway: UserRunawayRule = UserRunawayRule()
+    spend_rate: SpendRateRule = SpendRateRule()
+    cache_hit_rate: CacheHitRule = CacheHitRule()
+    latency_p95: LatencyRule = LatencyRule()
+    error_rate: ErrorRateRule = ErrorRateRule()
+    retry_amplification: RetryRule = RetryRule()
+    prompt_bloat: PromptBloatRule = PromptBloatRule()
+    latency_cost_divergence: DivergenceRule = DivergenceRule()
+
+
 class AlertsConfig(_Section):
     webhooks: list[WebhookConfig] = Field([], description="each notice is POSTed to each of these as JSON")
+    slack_webhooks: list[WebhookConfig] = Field([], description="Slack-compatible incoming webhooks")
+    log: bool = Field(True, description="write each notice to the server log (logger meterline.alerts)")
+    evaluate: bool = Field(True, description="run the alert rules in `meterline serve`")
+    interval_s: float = Field(60, ge=1, description="how often the server evaluates the rules")
+    cooldown_minutes: float = Field(15, ge=0, description="an alert resolves after its condition was clear this long")
+    dashboard_url: str | None = Field(None, description="base URL of alert links (default: the server's address)")
+    delivery_attempts: int = Field(5, ge=1, le=20, description="tries per notice and notifier")
+    delivery_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each try")
+    rules: AlertRulesConfig = AlertRulesConfig()
 
 
 class BackoffConfig(_Section):

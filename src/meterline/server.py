@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
-from meterline.alerts.notices import NoticeBoard
+from meterline.alerts.engine import AlertLoop, Detector, dashboard_url
+from meterline.alerts.notices import NoticeBoard, utc_now
 from meterline.alerts.notifiers import build_notifiers
 from meterline.analytics.queries import Analytics
 from meterline.budgets.counters import CountersUnavailable, counters_for
@@ -34,6 +36,7 @@ from meterline.pricing.table import PriceTable
 from meterline.providers.base import ProviderFamily, build_provider
 from meterline.store.base import store_for
 from meterline.store.control import ControlDB
+from meterline.web.alerts_api import AlertsApi
 from meterline.web.analytics_api import AnalyticsApi
 from meterline.web.api import Api, health
 from meterline.web.auth import WebAuth
@@ -65,9 +68,10 @@ class WorkerRole:
 def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | None = None) -> web.Application:
     """The whole server as an aiohttp application; only the control database is opened before it starts.
 
-    Alone (`role` None) or as worker 0 it serves everything; another worker proxies LLM calls and
-    forwards the rest to worker 0 (see `meterline.web.forward`). `clock` times retries and circuit
-    breakers (tests pass one whose waits return at once).
+    Alone (`role` None) or as worker 0 it serves everything, and evaluates the alert rules every
+    `alerts.interval_s`; another worker proxies LLM calls and forwards the rest to worker 0 (see
+    `meterline.web.forward`). `clock` times retries and circuit breakers (tests pass one whose
+    waits return at once).
     """
     if not config.server.master_key:
         raise ConfigError(
@@ -101,7 +105,14 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         )
     keys = KeyStore(ControlDB(config.store.control_path))
     authenticator = KeyAuthenticator(config.server.master_key, keys)
-    notices = NoticeBoard(ControlDB(config.store.control_path), build_notifiers(config.alerts))
+    alerts = config.alerts
+    notices = NoticeBoard(
+        ControlDB(config.store.control_path),
+        build_notifiers(alerts),
+        cooldown=timedelta(minutes=alerts.cooldown_minutes),
+        delivery_attempts=alerts.delivery_attempts,
+        backoff_s=alerts.delivery_backoff_s,
+    )
     guard = SpendGuard(
         config,
         providers,
@@ -119,6 +130,7 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app.add_routes(gateway.routes())
     forwarder = None
+    alert_loop = None
     if store is None:
         assert role is not None
         forwarder = PrimaryForwarder(role.primary_port)
@@ -131,6 +143,10 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         app.add_routes(BudgetsApi(guard, web_auth).routes())
         app.add_routes(NoticesApi(notices, web_auth).routes())
         app.add_routes(ProvidersApi(gateway.breakers, web_auth).routes())
+        detector = Detector(store, alerts, dashboard_url(config))
+        app.add_routes(AlertsApi(notices.alerts, detector, web_auth, utc_now).routes())
+        if alerts.evaluate:
+            alert_loop = AlertLoop(detector, notices, alerts.interval_s)
 
     async def start(_: web.Application) -> None:
         try:
@@ -150,8 +166,12 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         await gateway.start()
         if forwarder is not None:
             await forwarder.start()
+        if alert_loop is not None:
+            alert_loop.start()
 
     async def stop(_: web.Application) -> None:
+        if alert_loop is not None:
+            await alert_loop.stop()
         if forwarder is not None:
             await forwarder.stop()
         await gateway.stop()

@@ -225,3 +225,31 @@ def encode_event(event: UsageEvent) -> bytes:
 
 def decode_event(line: bytes) -> UsageEvent:
     return _decoder.decode(line)
+
+
+def columns_to_arrow(columns: dict[str, list[object]], rows: int) -> pa.Table:
+    """An Arrow table with the canonical schema from some columns' values; the others get the field defaults.
+
+    For bulk writers (the simulator, tests) that build columns rather than `UsageEvent`s. `properties`
+    values are dicts.
+    """
+    unknown = set(columns) - set(COLUMN_NAMES)
+    if unknown:
+        raise ValueError(f"not event columns: {', '.join(sorted(unknown))}")
+    fields = msgspec.structs.fields(UsageEvent)
+    defaults = {
+        f.name: f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default for f in fields
+    }
+    schema = arrow_schema()
+    arrays = []
+    for column, field in zip(COLUMNS, schema, strict=True):
+        values = columns.get(column.name)
+        if values is None:
+            default = defaults[column.name]
+            if default is msgspec.NODEFAULT:
+                raise ValueError(f"column {column.name} has no default and was not given")
+            values = [default] * rows
+        if column.kind == "string_map":
+            values = [list(value.items()) for value in values]  # type: ignore[attr-defined]
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

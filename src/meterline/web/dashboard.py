@@ -52,6 +52,7 @@ PAGES: dict[str, Page] = {
     "/agents": Page("agents", "Agents"),
     "/requests": Page("requests", "Requests", charts=False),
     "/pricing": Page("pricing", "Pricing", charts=False, ranged=False),
+    "/alerts": Page("alerts", "Alerts", charts=False, ranged=False),
 }
 
 FILTERS = ("team", "app", "feature", "user", "model", "provider")
