@@ -183,24 +183,29 @@ def mock_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
     service.stop()
 
 
+def start_gateway(folder: Path, mock_provider: Service, **config_extras: str) -> GatewayService:
+    """`meterline serve` in `folder` (data under `folder/data`) with the test config plus extras, started."""
+    port = free_port()
+    (folder / "meterline.yaml").write_text(gateway_config(mock_provider.url, port, **config_extras))
+    service = GatewayService(
+        ["serve", "--config", "meterline.yaml"],
+        folder,
+        port,
+        folder / "gateway.log",
+        env={"TEST_MASTER_KEY": MASTER_KEY},
+        data_dir=folder / "data",
+    )
+    service.start()
+    return service
+
+
 @pytest.fixture(scope="session")
 def make_gateway(mock_provider: Service, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Start a gateway with the test config (plus extras); stopped at the end of the session."""
     started: list[GatewayService] = []
 
     def make(**config_extras: str) -> GatewayService:
-        folder = tmp_path_factory.mktemp("gateway")
-        port = free_port()
-        (folder / "meterline.yaml").write_text(gateway_config(mock_provider.url, port, **config_extras))
-        service = GatewayService(
-            ["serve", "--config", "meterline.yaml"],
-            folder,
-            port,
-            folder / "gateway.log",
-            env={"TEST_MASTER_KEY": MASTER_KEY},
-            data_dir=folder / "data",
-        )
-        service.start()
+        service = start_gateway(tmp_path_factory.mktemp("gateway"), mock_provider, **config_extras)
         started.append(service)
         return service
 
