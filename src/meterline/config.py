@@ -251,10 +251,16 @@ class _RecentRule(_Rule):
 
 
 class FeatureAnomalyRule(_Rule):
-    """Rule 1: a feature's cost in the last hour above its trailing 7-day band (mean + sigmas x sd)."""
+    """Rule 1: a feature's cost in the last hour above its trailing 7-day band (mean + sigmas x sd).
+
+    The sd is that of the history's hours (widened for their small number, as a prediction interval),
+    but at least the noise of random arrivals of calls of random cost (the square root of the usual
+    sum of squared call costs in an hour).
+    """
 
     sigmas: float = Field(3.0, gt=0)
     min_usd: float = Field(0.25, ge=0, description="the excess over the baseline must be at least this (USD/hour)")
+    min_ratio: float = Field(1.5, ge=1, description="and the hour must cost at least this many times the baseline")
     seasonal_after_days: int = Field(
         3, ge=1, le=7, description="compare with the same hour of earlier days once this many days of history exist"
     )
@@ -303,7 +309,7 @@ class RetryRule(_Rule):
     """Rule 8: a feature's attempts per logical request in the last hour above `attempts_per_request`."""
 
     attempts_per_request: float = Field(1.5, gt=1)
-    min_requests: int = Field(10, ge=1)
+    min_requests: int = Field(5, ge=1, description="few calls suffice: a normal hour rarely retries half of them")
 
 
 class PromptBloatRule(_Rule):
@@ -320,7 +326,7 @@ class DivergenceRule(_Rule):
 
     factor: float = Field(2.0, gt=1, description="how much faster one must grow than the other")
     min_change: float = Field(1.5, gt=1, description="the faster one must have grown at least this much")
-    min_requests: int = Field(20, ge=1)
+    min_requests: int = Field(30, ge=1, description="an hour's median latency over fewer calls is mostly noise")
 
 
 class AlertRulesConfig(_Section):

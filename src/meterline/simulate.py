@@ -45,6 +45,26 @@ _MODELS = {
     "claude-3-5-haiku-20241022": "anthropic",
     "claude-sonnet-4-20250514": "anthropic",
 }
+_ROW_COLUMNS = (
+    "event_id",
+    "attempt",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "status_code",
+    "error_class",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cache_status",
+    "request_id",
+    "provider",
+    "requested_model",
+    "team",
+    "user",
+    "feature",
+)
+"""The columns of a generated row, in order; the others are derived from them in `take`."""
 _PRICIER = {"gpt-4o-mini": "gpt-4o", "gpt-4.1-mini": "gpt-4o", "claude-3-5-haiku-20241022": "claude-sonnet-4-20250514"}
 
 
@@ -114,8 +134,7 @@ class Simulation:
         self.users = [f"user-{index:03d}" for index in range(users)]
         self.user_weights = [1 / (index + 1) ** 0.9 for index in range(users)]
         self.rates: dict[str, tuple[float, float]] = {}
-        self.columns: dict[str, list[Any]] = {}
-        self.rows = 0
+        self.rows: list[tuple[Any, ...]] = []
         self._sequence = 0
 
     def place(self, kinds: list[str], per_kind: int, start: datetime, end: datetime) -> list[Incident]:
@@ -166,11 +185,6 @@ class Simulation:
             self.rates[model] = (per_input.cost_usd / 1e6, per_output.cost_usd / 1e6)
         return self.rates[model]
 
-    def _append(self, **values: Any) -> None:
-        for name, value in values.items():
-            self.columns.setdefault(name, []).append(value)
-        self.rows += 1
-
     def _call(self, feature: Feature, user: str, moment: datetime, incidents: list[Incident]) -> None:
         """One logical request: its attempts (retries after failures) and maybe a cache hit."""
         rng = self.rng
@@ -193,21 +207,7 @@ class Simulation:
         provider = _MODELS[model]
         self._sequence += 1
         request_id = f"sim-{self._sequence:012d}"
-        common = {
-            "request_id": request_id,
-            "operation": "chat",
-            "provider": provider,
-            "requested_model": model,
-            "served_model": model,
-            "upstream_model": model,
-            "response_model": model,
-            "team": feature.team,
-            "app": feature.team,
-            "user": user,
-            "feature": feature.name,
-            "env": "prod",
-            "source": "simulated",
-        }
+        common = (request_id, provider, model, feature.team, user, feature.name)
         if rng.random() < cache_rate:
             self._attempt(common, 1, moment, 4 + rng.random() * 6, 200, "none", input_tokens, output_tokens, 0.0, "hit")
             return
@@ -243,7 +243,7 @@ class Simulation:
 
     def _attempt(
         self,
-        common: dict[str, Any],
+        common: tuple[Any, ...],
         attempt: int,
         moment: datetime,
         duration: float,
@@ -254,20 +254,23 @@ class Simulation:
         cost: float,
         cache_status: str,
     ) -> None:
-        self._append(
-            event_id=f"{common['request_id']}-{attempt}",
-            attempt=attempt,
-            started_at=moment,
-            ended_at=moment + timedelta(milliseconds=duration),
-            duration_ms=duration,
-            status_code=status,
-            error_class=error_class,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost,
-            price_version=self.price_table.version,
-            cache_status=cache_status,
-            **common,
+        ended = moment + timedelta(milliseconds=duration)
+        event_id = f"{common[0]}-{attempt}"
+        self.rows.append(
+            (
+                event_id,
+                attempt,
+                moment,
+                ended,
+                duration,
+                status,
+                error_class,
+                input_tokens,
+                output_tokens,
+                cost,
+                cache_status,
+                *common,
+            )
         )
 
     def hour(self, start: datetime, incidents: list[Incident]) -> None:
@@ -290,9 +293,15 @@ class Simulation:
                         self._call(feature, incident.user or "", moment, [])
 
     def take(self) -> Any:
-        table = columns_to_arrow(self.columns, self.rows)
-        self.columns, self.rows = {}, 0
-        return table
+        """The events generated since the last call, as one Arrow table of the event schema."""
+        columns: dict[str, list[Any]] = dict(zip(_ROW_COLUMNS, map(list, zip(*self.rows, strict=True)), strict=True))
+        count = len(self.rows)
+        columns["served_model"] = columns["upstream_model"] = columns["response_model"] = columns["requested_model"]
+        columns["app"] = columns["team"]
+        columns.update(operation=["chat"] * count, env=["prod"] * count, source=["simulated"] * count)
+        columns["price_version"] = [self.price_table.version] * count
+        self.rows = []
+        return columns_to_arrow(columns, count)
 
 
 def simulate(

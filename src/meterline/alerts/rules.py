@@ -143,6 +143,23 @@ def _seasonal_hours(context: Context, spread: int) -> tuple[list[int], str]:
     return candidates, f"same hour of day{around} on the previous {len({(a + spread) // 24 for a in candidates})} days"
 
 
+def _small_sample_factor(samples: int, sigmas: float) -> float:
+    """How much wider a band from `samples` values must be to hold a new value as often as `sigmas` sd would.
+
+    A new hour is compared with a mean and a standard deviation estimated from a handful of hours,
+    so its prediction interval is Student's t (samples - 1 degrees of freedom) times sqrt(1 + 1/n),
+    not the normal's; the t quantile comes from its Cornish-Fisher expansion around `sigmas`.
+    """
+    z, freedom = sigmas, max(samples - 1, 1)
+    t = (
+        z
+        + (z**3 + z) / (4 * freedom)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * freedom**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * freedom**3)
+    )
+    return t / z * (1 + 1 / samples) ** 0.5
+
+
 def feature_anomaly(context: Context) -> list[Finding]:
     rule = context.rules.feature_anomaly
     if context.hours < 24:
@@ -156,10 +173,14 @@ def feature_anomaly(context: Context) -> list[Finding]:
     for feature, series in _by_group(context.signals.features, "feature").items():
         history = [series.get(ago, "cost") for ago in hours]
         mean = statistics.fmean(history)
-        spread = statistics.pstdev(history)
+        # A week holds few samples of one hour; the spread they show is itself noisy and often too small.
+        # Calls arrive at random and each costs a random amount (a compound Poisson sum), whose standard
+        # deviation is the square root of the expected sum of squared call costs: the spread is at least that.
+        arrival_noise = statistics.fmean(series.get(ago, "cost_squares") for ago in hours) ** 0.5
+        spread = max(statistics.stdev(history) * _small_sample_factor(len(history), rule.sigmas), arrival_noise)
         band = mean + rule.sigmas * spread
         observed = series.get(0, "cost")
-        if observed <= band or observed - mean < rule.min_usd:
+        if observed <= max(band, rule.min_ratio * mean) or observed - mean < rule.min_usd:
             continue
         found.append(
             Finding(

@@ -31,8 +31,8 @@ class Signals:
     history_hours: int
     """How many whole hours before `at` (up to a week) the store has events for: the oldest bucket with events."""
     features: list[dict[str, Any]]
-    """Per (feature, ago): cost, requests, attempts, hits, retry_cost, and latency_ms (median of the
-    successful upstream attempts)."""
+    """Per (feature, ago): cost, cost_squares (the sum of each attempt's cost squared), requests,
+    attempts, hits, retry_cost, and latency_ms (median of the successful upstream attempts)."""
     users: list[dict[str, Any]]
     """Per (user, ago): cost."""
     gateway: list[dict[str, Any]]
@@ -70,7 +70,8 @@ def collect(store: Store, at: datetime, latency_minutes: int, error_minutes: int
         store,
         at,
         "e.feature AS feature",
-        "coalesce(sum(e.cost), 0) AS cost, count(*) FILTER (WHERE e.attempt = 1) AS requests, "
+        "coalesce(sum(e.cost), 0) AS cost, coalesce(sum(e.cost * e.cost), 0) AS cost_squares, "
+        "count(*) FILTER (WHERE e.attempt = 1) AS requests, "
         f"count(*) AS attempts, count(*) FILTER (WHERE {CACHE_HIT}) AS hits, "
         "coalesce(sum(e.cost) FILTER (WHERE e.attempt > 1), 0) AS retry_cost, "
         f"median(e.duration_ms) FILTER (WHERE e.error_class = 'none' AND NOT {CACHE_HIT}) AS latency_ms",
