@@ -406,9 +406,10 @@ def prompt_bloat(context: Context) -> list[Finding]:
     if context.hours < 24:
         return []
     found = []
+    same_hours, _ = _seasonal_hours(context, spread=0)  # "usual" for this hour on this kind of day
     for feature, series in _by_group(context.signals.features, "feature").items():
         requests = series.get(0, "requests")
-        usual_requests = statistics.fmean(series.seasonal("requests", context.hours + 1))
+        usual_requests = statistics.fmean(series.get(ago, "requests") for ago in same_hours)
         baseline = _per_request(series, context.hours)
         if requests < rule.min_requests or not baseline or not usual_requests:
             continue
