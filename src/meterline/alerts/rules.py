@@ -208,14 +208,12 @@ def user_runaway(context: Context) -> list[Finding]:
         return []
     found = []
     days = context.hours // 24
-    for user, series in _by_group(context.signals.users, "user").items():
-        hourly_mean = series.total("cost", context.hours) / (context.hours - 1)
-        last_hour = series.get(0, "cost")
-        checks = [("hour", last_hour, hourly_mean, rule.min_usd_hour)]
+    earlier = {"hour": context.hours - 1, "day": days - 1}
+    for row in context.signals.users:
+        user = row["user"]
+        checks = [("hour", row["last_hour"], row["earlier_hours"] / earlier["hour"], rule.min_usd_hour)]
         if days >= 2:
-            last_day = sum(series.get(ago, "cost") for ago in range(24))
-            daily_mean = sum(series.get(ago, "cost") for ago in range(24, days * 24)) / (days - 1)
-            checks.append(("day", last_day, daily_mean, rule.min_usd_day))
+            checks.append(("day", row["last_day"], row["earlier_days"] / earlier["day"], rule.min_usd_day))
         for span, observed, mean, floor in checks:
             band = rule.factor * mean
             if observed < max(band, floor):
@@ -226,12 +224,12 @@ def user_runaway(context: Context) -> list[Finding]:
                     "user",
                     user,
                     f"user {user} spent {usd(observed)} in the last {span}, {_ratio(observed, mean):.0f}x their "
-                    f"trailing {span}ly average of {usd(mean)} (alert at {rule.factor:g}x, at least {usd(floor)})",
+                    f"trailing average of {usd(mean)} a {span} (alert at {rule.factor:g}x, at least {usd(floor)})",
                     observed,
                     mean,
                     max(band, floor),
                     f"usd/{span}",
-                    f"average {span}ly cost over the previous {context.hours if span == 'hour' else days} {span}s",
+                    f"average cost a {span} over the previous {earlier[span]} {span}s",
                     observed - mean,
                     context.link("/users", timedelta(days=1), user=user),
                 )

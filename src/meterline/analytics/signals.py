@@ -34,7 +34,8 @@ class Signals:
     """Per (feature, ago): cost, cost_squares (the sum of each attempt's cost squared), requests,
     attempts, hits, retry_cost, and latency_ms (median of the successful upstream attempts)."""
     users: list[dict[str, Any]]
-    """Per (user, ago): cost."""
+    """Per user who spent in the last day: last_hour, last_day (cost), earlier_hours (cost from `ago` 1 to
+    history_hours - 1) and earlier_days (cost of the whole days of history before the last day)."""
     gateway: list[dict[str, Any]]
     """Per ago: cost of all traffic."""
     models: list[dict[str, Any]]
@@ -50,6 +51,25 @@ def _hourly(store: Store, at: datetime, group: str, measures: str) -> list[dict[
     ago = f"(epoch_us({at_us}) - epoch_us(e.started_at) - 1) // {HOUR_US}"
     columns = ", ".join(part for part in (group, f"{ago} AS ago", measures) if part)
     sql = f"SELECT {columns} FROM {costed_events(window, Scope(), statement, None)} e GROUP BY ALL"
+    return store.query(sql, statement.params).to_pylist()
+
+
+def _users(store: Store, at: datetime, hours: int) -> list[dict[str, Any]]:
+    """Per user who spent in the last day: the last hour's and day's cost, and the cost of the history before."""
+    statement = Statement()
+    window = Window(at - timedelta(hours=HISTORY_HOURS + 1), at)
+    at_us = statement.bind(at)
+    ago = f"(epoch_us({at_us}) - epoch_us(e.started_at) - 1) // {HOUR_US}"
+    whole_days = statement.bind(hours // 24 * 24)
+    sql = (
+        f"SELECT e.user AS user, "
+        f"coalesce(sum(e.cost) FILTER (WHERE {ago} = 0), 0) AS last_hour, "
+        f"coalesce(sum(e.cost) FILTER (WHERE {ago} < 24), 0) AS last_day, "
+        f"coalesce(sum(e.cost) FILTER (WHERE {ago} BETWEEN 1 AND {statement.bind(hours - 1)}), 0) AS earlier_hours, "
+        f"coalesce(sum(e.cost) FILTER (WHERE {ago} >= 24 AND {ago} < {whole_days}), 0) AS earlier_days "
+        f"FROM {costed_events(window, Scope(), statement, None)} e WHERE e.user IS NOT NULL "
+        f"GROUP BY e.user HAVING last_day > 0"
+    )
     return store.query(sql, statement.params).to_pylist()
 
 
@@ -76,7 +96,6 @@ def collect(store: Store, at: datetime, latency_minutes: int, error_minutes: int
         "coalesce(sum(e.cost) FILTER (WHERE e.attempt > 1), 0) AS retry_cost, "
         f"median(e.duration_ms) FILTER (WHERE e.error_class = 'none' AND NOT {CACHE_HIT}) AS latency_ms",
     )
-    users = _hourly(store, at, "e.user AS user", "coalesce(sum(e.cost), 0) AS cost")
     gateway: dict[int, float] = {}
     for row in features:  # every event is in one feature group (NULL included), so these add up to all traffic
         gateway[row["ago"]] = gateway.get(row["ago"], 0.0) + row["cost"]
@@ -97,11 +116,12 @@ def collect(store: Store, at: datetime, latency_minutes: int, error_minutes: int
         f"coalesce(sum(e.cost) FILTER (WHERE e.error_class NOT IN ({not_provider})), 0) AS error_cost, "
         "coalesce(sum(e.cost), 0) AS cost",
     )
+    hours = min(HISTORY_HOURS, max(gateway, default=0))
     return Signals(
         at,
-        min(HISTORY_HOURS, max(gateway, default=0)),
+        hours,
         features,
-        [row for row in users if row["user"]],
+        _users(store, at, hours),
         [{"ago": ago, "cost": cost} for ago, cost in gateway.items()],
         models,
         providers,
