@@ -99,6 +99,8 @@ def test_check_is_a_dry_run_over_the_api(alerting: GatewayService) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "at"
     cli = alerting.cli("alerts", "check", "--json")
     assert cli.returncode == 2 and '"feature_anomaly"' in cli.stdout
+    listed = alerting.cli("alerts", "list", "--state", "firing", "--json")
+    assert listed.returncode == 0 and {row["rule"] for row in json.loads(listed.stdout)} == EXPECTED_RULES
 
 
 def test_silence_and_acknowledge_through_the_api(alerting: GatewayService) -> None:

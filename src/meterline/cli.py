@@ -758,6 +758,9 @@ def alerts_list(config_path: Path, state: str | None, limit: int, as_json: bool)
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
+    if not rows:
+        click.echo(f"no {state or 'stored'} alerts")
+        return
     table = Table(box=box.SIMPLE)
     for column in ("id", "state", "rule", "about", "fired", "resolved", "silenced until", "summary"):
         table.add_column(column, overflow="fold")
