@@ -101,6 +101,15 @@ def main() -> int:
     by_type: dict[str, list[Incident]] = defaultdict(list)
     for incident in incidents:
         by_type[incident.kind].append(incident)
+    print(f"\n{'incident':<18}{'start (UTC)':<18}{'about':<14}{'first alert':<26}{'delay':>8}")
+    for incident in sorted(incidents, key=lambda item: item.start):
+        matched = sorted((a for a in alerts if matches(a, incident)), key=lambda a: a["fired_at"])
+        first = f"{matched[0]['rule']}" if matched else "(missed)"
+        delay = (datetime.fromisoformat(matched[0]["fired_at"]) - incident.start) if matched else None
+        about = incident.user or incident.feature or incident.provider or ""
+        minutes = f"{delay.total_seconds() / 60:.0f} min" if delay is not None else "-"
+        print(f"{incident.kind:<18}{incident.start:%m-%d %H:%M}{'':<7}{about:<14}{first:<26}{minutes:>8}")
+
     print(f"\n{'incident type':<18}{'incidents':>10}{'detected':>10}{'recall':>8}{'median delay':>14}")
     detected_total = 0
     delays_all: list[float] = []
