@@ -7,10 +7,10 @@ its internal port); all workers append to the shared spool folder, which worker 
 Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`).
 
 The supervisor forwards SIGTERM/SIGINT to the workers and waits for them to finish their
-in-flight requests. A worker that dies is restarted after a second; one that exits with an
-error status within `STARTUP_GRACE_S` of starting (a locked store, a taken port; not a kill by
-a signal) is a start-up error, so the supervisor stops the others and exits with its message
-instead of restarting it forever.
+in-flight requests. A worker that dies is restarted after a second; one that could not start
+(a bad config, a locked store, a taken port) exits with `STARTUP_FAILED`, and the supervisor
+then stops the others and exits with its message instead of restarting it forever, however
+long the failed start took.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from meterline.config import ConfigError, load_config
 
 log = logging.getLogger("meterline.workers")
 
-STARTUP_GRACE_S = 5.0
+STARTUP_FAILED = 3
+"""A worker's exit status when it could not start (its message is on stderr)."""
 RESTART_DELAY_S = 1.0
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -44,7 +45,7 @@ def run_worker(config_path: Path, index: int, primary_port: int, host: str | Non
         serve(config, WorkerRole(index=index, primary_port=primary_port))
     except (ConfigError, StartupError) as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(STARTUP_FAILED)
 
 
 def _free_local_port() -> int:
@@ -60,7 +61,7 @@ class Supervisor:
         self.host = host
         self.port = port
         self.primary_port = _free_local_port()
-        self.workers: dict[int, tuple[BaseProcess, float]] = {}
+        self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
 
     def _start(self, index: int) -> None:
@@ -70,12 +71,12 @@ class Supervisor:
             name=f"meterline-worker-{index}",
         )
         process.start()
-        self.workers[index] = (process, time.monotonic())
+        self.workers[index] = process
 
     def _stop_all(self) -> None:
         """Ask every worker to finish its in-flight requests and exit (SIGTERM)."""
         self.stopping = True
-        for process, _ in self.workers.values():
+        for process in self.workers.values():
             if process.is_alive():
                 process.terminate()
 
@@ -87,16 +88,16 @@ class Supervisor:
             self._start(index)
         status = 0
         while self.workers:
-            for index, (process, started) in list(self.workers.items()):
+            for index, process in list(self.workers.items()):
                 if process.is_alive():
                     continue
                 process.join()
                 del self.workers[index]
                 if self.stopping:
                     continue
-                if time.monotonic() - started < STARTUP_GRACE_S and (process.exitcode or 0) > 0:
-                    log.error("worker %d failed to start (exit %s); stopping", index, process.exitcode)
-                    status = process.exitcode or 1
+                if process.exitcode == STARTUP_FAILED:
+                    log.error("worker %d failed to start; stopping", index)
+                    status = STARTUP_FAILED
                     self._stop_all()
                     continue
                 log.warning("worker %d exited (%s); restarting it", index, process.exitcode)
