@@ -229,3 +229,29 @@ def mock_requests(mock_provider: Service):  # type: ignore[no-untyped-def]
         return httpx.get(mock_provider.url + "/_mock/requests").json()
 
     return received
+
+
+@pytest.fixture(scope="session")
+def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder of ClickHouse's in-process engine (chdb) for this test run.
+
+    chdb admits one data folder per process; tests that use it each take their own database.
+    """
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def clickhouse_config(chdb_folder: Path, tmp_path: Path) -> Callable[..., Any]:
+    """A `StoreConfig` for the ClickHouse store on chdb, in a fresh database."""
+    from meterline.config import StoreConfig
+
+    def make(**fields: Any) -> StoreConfig:
+        return StoreConfig(
+            kind="clickhouse",
+            url=f"chdb://{chdb_folder}",
+            database=f"t_{uuid.uuid4().hex[:12]}",
+            spool_dir=tmp_path / "spool",
+            **fields,
+        )
+
+    return make

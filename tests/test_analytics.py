@@ -21,6 +21,8 @@ from meterline.analytics.queries import Analytics
 from meterline.config import ModelConfig, StoreConfig
 from meterline.events.schema import UsageEvent, events_to_arrow
 from meterline.pricing.table import PriceTable
+from meterline.store.base import Store
+from meterline.store.clickhouse import ClickHouseStore
 from meterline.store.duckdb import DuckDBStore
 
 MINI, HAIKU, LLAMA, MYSTERY = "gpt-4o-mini", "claude-haiku-4-5", "llama-local", "mystery-7b"
@@ -117,10 +119,17 @@ LEDGER = [
 # priced: .10 + .20 + .30 + .40 + .50 + .25 + .15 + .05 + .60 + .35 + .05 + .15 + .25 + .70 + .45 + .55 + .65 = $5.70
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBStore]:
+@pytest.fixture(scope="module", params=["duckdb", "clickhouse"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, chdb_folder: Path
+) -> Iterator[Store]:
+    """The ledger in each store: every analytics test runs on DuckDB and on ClickHouse (chdb) alike."""
     folder = tmp_path_factory.mktemp("analytics")
-    store = DuckDBStore(StoreConfig(path=folder / "meterline.duckdb", spool_dir=folder / "spool"))
+    if request.param == "duckdb":
+        store: Store = DuckDBStore(StoreConfig(path=folder / "meterline.duckdb", spool_dir=folder / "spool"))
+    else:
+        config = StoreConfig(kind="clickhouse", url=f"chdb://{chdb_folder}", database="analytics", spool_dir=folder)
+        store = ClickHouseStore(config)
     store.open()
     store.insert_events(events_to_arrow(LEDGER))
     yield store
@@ -128,7 +137,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBStore]:
 
 
 @pytest.fixture(scope="module")
-def analytics(store: DuckDBStore, tmp_path_factory: pytest.TempPathFactory) -> Analytics:
+def analytics(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Analytics:
     overrides = tmp_path_factory.mktemp("prices") / "prices.yaml"
     overrides.write_text(
         """
@@ -463,7 +472,7 @@ def test_bad_parameters_are_rejected_naming_the_parameter(
     assert raised.value.param == param
 
 
-def test_read_only_store_answers_queries_and_refuses_a_missing_file(store: DuckDBStore, tmp_path: Path) -> None:
+def test_read_only_store_answers_queries_and_refuses_a_missing_file(store: Store, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no meterline store file"):
         DuckDBStore(StoreConfig(path=tmp_path / "missing.duckdb"), read_only=True).open()
     with pytest.raises(ValueError, match="one SELECT"):

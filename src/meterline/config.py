@@ -49,6 +49,34 @@ class StoreConfig(_Section):
         1000, ge=10, description="how often the spool is loaded into the store (each load has a fixed cost)"
     )
     fsync_interval_ms: int = Field(200, ge=10, description="how often spool writes are fsynced")
+    loader: Literal["embedded", "external"] = Field(
+        "embedded",
+        description="embedded: the gateway loads its spool into the store; external: it only writes the spool "
+        "and a separate `meterline ingest` process loads it (needs a store several processes can open)",
+    )
+    url: str | None = Field(
+        None, description="kind clickhouse: http(s)://host:port of the server, or chdb:///folder for in-process chDB"
+    )
+    database: str = Field("meterline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    user: str = "default"
+    password: str = ""
+    retention_days: int | None = Field(None, ge=1, description="kind clickhouse: events older than this are dropped")
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> StoreConfig:
+        if self.kind == "clickhouse" and not self.url:
+            raise ValueError(
+                "store.url is required for kind clickhouse, e.g. url: http://clickhouse:8123 "
+                "(or chdb:///var/lib/meterline/chdb for the in-process engine)"
+            )
+        if self.kind == "duckdb" and self.retention_days is not None:
+            raise ValueError("store.retention_days applies to kind clickhouse only; remove it for duckdb")
+        if self.kind == "duckdb" and self.loader == "external":
+            raise ValueError(
+                "store.loader: external needs a store several processes can open (kind clickhouse); "
+                "a DuckDB file admits one writing process"
+            )
+        return self
 
 
 class PricingConfig(_Section):

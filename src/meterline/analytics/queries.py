@@ -257,13 +257,13 @@ def users_distribution(call: Call) -> dict[str, Any]:
     (stats,) = call.store.query(
         """
         WITH ranked AS (
-            SELECT cost_usd, row_number() OVER (ORDER BY cost_usd DESC) AS rank, count(*) OVER () AS users
+            SELECT cost_usd, row_number() OVER (ORDER BY cost_usd DESC) AS rank, count(*) OVER () AS user_count
             FROM per_user
         )
         SELECT count(*) AS users, coalesce(sum(cost_usd), 0) AS total,
             quantile_cont(cost_usd, [0.5, 0.9, 0.99]) AS percentiles,
-            coalesce(sum(cost_usd) FILTER (WHERE rank <= ceil(users * 0.01)), 0) AS top_1pct,
-            coalesce(sum(cost_usd) FILTER (WHERE rank <= ceil(users * 0.1)), 0) AS top_10pct,
+            coalesce(sum(cost_usd) FILTER (WHERE rank <= ceil(user_count * 0.01)), 0) AS top_1pct,
+            coalesce(sum(cost_usd) FILTER (WHERE rank <= ceil(user_count * 0.1)), 0) AS top_10pct,
             min(cost_usd) FILTER (WHERE cost_usd > 0) AS lowest, max(cost_usd) AS highest
         FROM ranked
         """,

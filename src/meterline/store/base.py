@@ -122,6 +122,45 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("the cursor is not valid: pass the next_cursor of a previous page unchanged") from None
 
 
+_EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider")
+
+
+def event_filter(query: EventQuery) -> tuple[str, dict[str, Any]]:
+    """The WHERE condition (the query layer's DuckDB dialect, `$name` parameters) selecting a page's candidates.
+
+    Every filter of `query` and its cursor; order by `started_at DESC, event_id DESC` and take
+    `query.limit + 1` rows, then pass them to `event_page`.
+    """
+    conditions: list[str] = ["TRUE"]
+    params: dict[str, Any] = {}
+    for name in _EQUALITY_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(f'"{name}" = ${name}')
+            params[name] = value
+    if query.model is not None:
+        conditions.append("(requested_model = $model OR response_model = $model)")
+        params["model"] = query.model
+    if query.since is not None:
+        conditions.append("started_at >= $since")
+        params["since"] = query.since
+    if query.until is not None:
+        conditions.append("started_at < $until")
+        params["until"] = query.until
+    if query.cursor is not None:
+        params["cursor_at"], params["cursor_id"] = decode_cursor(query.cursor)
+        conditions.append("(started_at < $cursor_at OR (started_at = $cursor_at AND event_id < $cursor_id))")
+    return " AND ".join(conditions), params
+
+
+def event_page(events: list[UsageEvent], limit: int) -> EventPage:
+    """The page of up to `limit` events from the `limit + 1` candidates a store read, with the next cursor."""
+    if len(events) <= limit:
+        return EventPage(events, None)
+    events = events[:limit]
+    return EventPage(events, encode_cursor(events[-1].started_at, events[-1].event_id))
+
+
 def store_for(config: StoreConfig) -> Store:
     """Build the store of kind `config.kind` from the `meterline.stores` entry points (not yet opened)."""
     registered = {entry.name: entry for entry in entry_points(group="meterline.stores")}

@@ -33,11 +33,10 @@ import pyarrow.compute as pc
 
 from meterline.config import StoreConfig
 from meterline.events.schema import COLUMN_NAMES, COLUMNS, DUCKDB_TYPES, UsageEvent, arrow_schema, arrow_to_events
-from meterline.store.base import EventPage, EventQuery, SegmentFormatError, decode_cursor, encode_cursor
+from meterline.store.base import EventPage, EventQuery, SegmentFormatError, event_filter, event_page
 
 _COLUMN_KINDS = {column.name: column.kind for column in COLUMNS}
 _SELECT_LIST = ", ".join(f'"{name}"' for name in COLUMN_NAMES)
-_EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider")
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -80,11 +79,29 @@ def add_columns(*names: str) -> Callable[[Connection], None]:
     return apply
 
 
-_READ_SEGMENTS = (
-    "CREATE OR REPLACE TEMP TABLE spool_batch AS SELECT * FROM read_json($paths, columns = {"
+_READ_JSON = (
+    "read_json($paths, columns = {"
     + ", ".join(f"'{column.name}': '{DUCKDB_TYPES[column.kind]}'" for column in COLUMNS)
     + "}, format = 'newline_delimited')"
 )
+_READ_SEGMENTS = f"CREATE OR REPLACE TEMP TABLE spool_batch AS SELECT * FROM {_READ_JSON}"
+
+
+def read_segments(paths: list[Path]) -> pa.Table:
+    """The events of spool segments as one Arrow table with the canonical schema, read natively by DuckDB.
+
+    Other stores use this as their `load_segments` fast path. Raises `SegmentFormatError` for a
+    torn or corrupt line (the loader then decodes those segments in Python).
+    """
+    with duckdb.connect() as connection:
+        connection.execute("SET TimeZone = 'UTC'")
+        try:
+            table = connection.sql(
+                f"SELECT {_SELECT_LIST} FROM {_READ_JSON}", params={"paths": [str(path) for path in paths]}
+            ).to_arrow_table()
+        except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+            raise SegmentFormatError(str(exc)) from exc
+    return table.cast(arrow_schema())
 
 
 def _insert_new(cursor: Connection, source: str, earliest: datetime, has_duplicates: bool) -> int:
@@ -179,40 +196,18 @@ class DuckDBStore:
                 cursor.execute("DROP TABLE IF EXISTS spool_batch")
 
     def list_events(self, query: EventQuery) -> EventPage:
-        conditions: list[str] = []
-        params: dict[str, Any] = {"limit": query.limit + 1}
-        for name in _EQUALITY_FILTERS:
-            value = getattr(query, name)
-            if value is not None:
-                conditions.append(f'"{name}" = ${name}')
-                params[name] = value
-        if query.model is not None:
-            conditions.append("(requested_model = $model OR response_model = $model)")
-            params["model"] = query.model
-        if query.since is not None:
-            conditions.append("started_at >= $since")
-            params["since"] = query.since
-        if query.until is not None:
-            conditions.append("started_at < $until")
-            params["until"] = query.until
-        if query.cursor is not None:
-            params["cursor_at"], params["cursor_id"] = decode_cursor(query.cursor)
-            conditions.append("(started_at < $cursor_at OR (started_at = $cursor_at AND event_id < $cursor_id))")
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where, params = event_filter(query)
+        params["limit"] = query.limit + 1
         # pick the page's rows by their sort keys first, then read all columns of just those rows
         # (late materialization: about twice as fast on a million rows as a top-N over every column)
         sql = f"""
             SELECT {_SELECT_LIST} FROM events
-            WHERE rowid IN (SELECT rowid FROM events {where} ORDER BY started_at DESC, event_id DESC LIMIT $limit)
+            WHERE rowid IN (SELECT rowid FROM events WHERE {where} ORDER BY started_at DESC, event_id DESC LIMIT $limit)
             ORDER BY started_at DESC, event_id DESC
         """
         with self._cursor() as cursor:
             rows = cursor.sql(sql, params=params).to_arrow_table()
-        events = arrow_to_events(rows.cast(arrow_schema()))
-        if len(events) <= query.limit:
-            return EventPage(events, None)
-        events = events[: query.limit]
-        return EventPage(events, encode_cursor(events[-1].started_at, events[-1].event_id))
+        return event_page(arrow_to_events(rows.cast(arrow_schema())), query.limit)
 
     def count_events(self) -> int:
         with self._cursor() as cursor:
