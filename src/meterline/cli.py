@@ -95,6 +95,75 @@ def serve(config_path: Path, host: str | None, port: int | None, workers: int) -
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--spool-dir",
+    "spool_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A spool folder to drain (repeatable; default: store.spool_dir).",
+)
+@click.option("--once", is_flag=True, help="Load what the folders hold now, then exit (exit 1 if the store fails).")
+@click.option("--report-every", type=float, default=10, show_default=True, help="Seconds between progress lines.")
+def ingest(config_path: Path, spool_dirs: tuple[Path, ...], once: bool, report_every: float) -> None:
+    """Drain spool folders into the store, as a process of its own.
+
+    Run gateways with `store.loader: external` and one ingester per machine (or per shared
+    spool volume); SIGTERM stops it after a final load.
+
+    \b
+    Examples:
+      meterline ingest --config meterline.yaml
+      meterline ingest --config meterline.yaml --spool-dir /var/spool/meterline/a --spool-dir /var/spool/meterline/b
+      meterline ingest --config meterline.yaml --once
+    """
+    import asyncio
+
+    from meterline.ingest import Ingester, run_until_signalled
+
+    config = _load(config_path)
+    try:
+        ingester = Ingester(config, list(spool_dirs) or [config.store.spool_dir])
+        if once:
+            inserted = asyncio.run(ingester.drain_once())
+            click.echo(f"loaded {inserted} new event(s); {ingester.pending_bytes} bytes left in the spool")
+            return
+        asyncio.run(run_until_signalled(ingester, lambda line: click.echo(f"ingest: {line}"), report_every))
+    except (ConfigError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def store() -> None:
+    """Manage the event store (DuckDB file or ClickHouse database)."""
+
+
+@store.command("migrate")
+@CONFIG_OPTION
+def store_migrate(config_path: Path) -> None:
+    """Create the store's schema, or bring it up to this release's, and apply store.retention_days.
+
+    \b
+    Examples:
+      meterline store migrate --config meterline.yaml
+    """
+    from meterline.store.base import store_for
+
+    config = _load(config_path)
+    target = config.store.path if config.store.kind == "duckdb" else f"{config.store.url} ({config.store.database})"
+    click.echo(f"migrating the {config.store.kind} store at {target} ...")
+    try:
+        event_store = store_for(config.store)
+        event_store.open()
+    except (ConfigError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"cannot migrate the {config.store.kind} store at {target}: {exc}") from exc
+    try:
+        click.echo(f"ok: schema is current; {event_store.count_events()} event(s) stored")
+    finally:
+        event_store.close()
+
+
 @main.command("mock-provider")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=4010, show_default=True)

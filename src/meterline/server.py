@@ -87,9 +87,11 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
     )
     store = store_for(config.store) if role is None or role.owns_store else None
     spool = SpoolWriter(config.store.spool_dir)
+    # with store.loader: external, `meterline ingest` loads the spool; this process only reads the store
+    loads_spool = config.store.loader == "embedded"
     loader = SpoolLoader(
         spool,
-        store,
+        store if loads_spool else None,
         flush_interval_s=config.store.flush_interval_ms / 1000,
         fsync_interval_s=config.store.fsync_interval_ms / 1000,
     )
@@ -150,12 +152,12 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
 
     async def start(_: web.Application) -> None:
         try:
-            await loader.open_store()
+            if loads_spool:
+                await loader.open_store()
+            elif store is not None:
+                await asyncio.to_thread(store.open)
         except Exception as exc:
-            raise StartupError(
-                f"cannot open the {config.store.kind} store at {config.store.path}: {exc} "
-                "(a DuckDB file admits one writing process: is another `meterline serve` using it?)"
-            ) from exc
+            raise StartupError(f"cannot open the {config.store.kind} store {_store_name(config)}: {exc}") from exc
         await loader.start()
         try:
             await guard.start()  # after the loader has loaded what the spool held, so budgets see all spend
@@ -206,6 +208,13 @@ def build_cache(config: Config, providers: dict[str, ProviderFamily], recorder: 
     except SemanticUnavailable as exc:
         raise ConfigError(str(exc)) from exc
     return GatewayCache(cache, config, recorder, OPENAI, (REQUEST_ID_HEADER, COST_HEADER))
+
+
+def _store_name(config: Config) -> str:
+    if config.store.kind == "duckdb":
+        path = config.store.path
+        return f"at {path} (a DuckDB file admits one writing process: is another `meterline serve` using it?)"
+    return f"at {config.store.url} (database {config.store.database})"
 
 
 def serve(config: Config, role: WorkerRole | None = None) -> None:

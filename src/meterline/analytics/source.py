@@ -18,6 +18,7 @@ from meterline.analytics.queries import Analytics
 from meterline.config import Config
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import pricing_ids
+from meterline.store.base import Store, store_for
 from meterline.store.duckdb import DuckDBStore
 
 EVENTS_PAGE = 1000
@@ -57,11 +58,16 @@ class ServerSource:
 
 
 class LocalSource:
-    """Opens the store file read-only and runs the analytics queries in this process."""
+    """Opens the store (a DuckDB file read-only, or ClickHouse) and runs the analytics queries in this process."""
 
     def __init__(self, config: Config) -> None:
-        self.description = f"the store file {config.store.path}"
-        self._store = DuckDBStore(config.store, read_only=True)
+        self._store: Store
+        if config.store.kind == "duckdb":
+            self.description = f"the store file {config.store.path}"
+            self._store = DuckDBStore(config.store, read_only=True)
+        else:
+            self.description = f"the {config.store.kind} store at {config.store.url}"
+            self._store = store_for(config.store)
         self._store.open()
         price_table = PriceTable.load(config.pricing.overrides, pricing_ids(config.providers))
         self._analytics = Analytics(self._store, price_table, config.models)
@@ -97,7 +103,7 @@ def open_source(config: Config) -> AnalyticsSource:
         if not config.server.master_key:
             raise SourceError("a server is running but server.master_key is not set in the config")
         return ServerSource(base_url, config.server.master_key)
-    if not config.store.path.exists():
+    if config.store.kind == "duckdb" and not config.store.path.exists():
         raise SourceError(f"no server answers at {base_url} and there is no store file at {config.store.path}")
     return LocalSource(config)
 
