@@ -154,6 +154,31 @@ models:
 """
 
 
+def worker_gateway(folder: Path, port: int, count: int = 2) -> GatewayService:
+    """`meterline serve --workers <count>` with `folder`/meterline.yaml, started once worker 0 listens."""
+    service = GatewayService(
+        ["serve", "--config", "meterline.yaml", "--workers", str(count)],
+        folder,
+        port,
+        folder / "gateway.log",
+        env={"TEST_MASTER_KEY": MASTER_KEY},
+        data_dir=folder / "data",
+    )
+    service.start(ready_text="worker 0 listening")
+    return service
+
+
+def redis_budgets(prefix: str, budgets: str) -> str:
+    """A `budgets:` config section counting in the test Redis under `prefix`, with `budgets` (a YAML list)."""
+    return f"""
+budgets:
+  backend: redis
+  redis_url: {TEST_REDIS_URL}
+  key_prefix: "{prefix}"
+  budgets: {budgets}
+"""
+
+
 @pytest.fixture(scope="session")
 def new_redis_prefix() -> Iterator[Callable[[], str]]:
     """Makes Redis key prefixes of their own in the test Redis (`TEST_REDIS_URL`); their keys are deleted at the end."""

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from meterline.budgets.rules import format_usd
 from meterline.providers.estimate import estimate_tokens
-from tests.conftest import TEST_REDIS_URL, Service, free_port
+from tests.conftest import Service, free_port, redis_budgets
 
 # gpt-4o-mini in the bundled genai-prices snapshot, USD per token
 MINI_INPUT, MINI_OUTPUT = 0.15e-6, 0.6e-6
@@ -390,16 +390,11 @@ def test_spend_survives_a_restart_of_the_in_process_counters(make_gateway) -> No
     assert spent_by(gateway, expected=5, team="persist") <= 0.0002
 
 
+SHARED_BUDGET = '[{name: shared, scope: "team:shared", period: day, limit_usd: 0.0002, actions: [throttle]}]'
+
+
 def redis_gateway(make_gateway, prefix: str):  # type: ignore[no-untyped-def]
-    return make_gateway(
-        extra=f"""
-budgets:
-  backend: redis
-  redis_url: {TEST_REDIS_URL}
-  key_prefix: "{prefix}"
-  budgets: [{{name: shared, scope: "team:shared", period: day, limit_usd: 0.0002, actions: [throttle]}}]
-"""
-    )
+    return make_gateway(extra=redis_budgets(prefix, SHARED_BUDGET))
 
 
 def test_two_gateways_share_counters_through_redis_and_keep_them_over_a_restart(  # type: ignore[no-untyped-def]

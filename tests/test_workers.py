@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayService, Service, free_port, gateway_config, run_cli
+from tests.conftest import GatewayService, Service, free_port, gateway_config, run_cli, worker_gateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -20,15 +20,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 def workers(mock_provider: Service, tmp_path) -> Iterator[GatewayService]:  # type: ignore[no-untyped-def]
     port = free_port()
     (tmp_path / "meterline.yaml").write_text(gateway_config(mock_provider.url, port))
-    service = GatewayService(
-        ["serve", "--config", "meterline.yaml", "--workers", "2"],
-        tmp_path,
-        port,
-        tmp_path / "gateway.log",
-        env={"TEST_MASTER_KEY": MASTER_KEY},
-        data_dir=tmp_path / "data",
-    )
-    service.start(ready_text="worker 0 listening")
+    service = worker_gateway(tmp_path, port)
     yield service
     if service.process is not None and service.process.poll() is None:
         service.stop()
