@@ -214,3 +214,32 @@ def test_gateways_hand_their_spool_to_meterline_ingest(mock_provider: Service, t
     request_ids = {reply.headers["x-meterline-request-id"] for reply in [*answered, *more] if reply is not None}
     assert sorted(event["request_id"] for event in stored) == sorted(request_ids)
     assert sum(len(list(Path(spool).glob("seg-*.jsonl"))) for spool in spools) == 0
+
+
+def test_a_gateway_starts_and_serves_while_clickhouse_is_down(mock_provider: Service, tmp_path: Path) -> None:
+    """No ClickHouse answers at the configured URL: calls are answered, readiness holds, events wait in the spool."""
+    port = free_port()
+    config = gateway_config(mock_provider.url, port).replace(
+        STORE_LINE,
+        f"store: {{kind: clickhouse, url: 'http://127.0.0.1:{free_port()}', spool_dir: ./data/spool, "
+        "flush_interval_ms: 50}",
+    )
+    (tmp_path / "meterline.yaml").write_text(config)
+    gateway = GatewayService(
+        ["serve", "--config", "meterline.yaml"], tmp_path, port, tmp_path / "gateway.log",
+        env={"TEST_MASTER_KEY": MASTER_KEY}, data_dir=tmp_path / "data",
+    )  # fmt: skip
+    gateway.start()
+    try:
+        replies = [call(gateway, "t", "during-outage") for _ in range(5)]
+        assert all(reply is not None and reply.status_code == 200 for reply in replies)
+        ready = httpx.get(gateway.url + "/ready")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["store"].startswith("unreachable")
+        spooled = b"".join(path.read_bytes() for path in (tmp_path / "data" / "spool").glob("seg-*.jsonl"))
+        for reply in replies:
+            assert reply is not None and reply.headers["x-meterline-request-id"].encode() in spooled
+    finally:
+        assert gateway.stop() == 0  # SIGTERM with the store still down: the events stay in the spool
+    assert "ClickHouse does not answer" in gateway.log_text() and "Traceback" not in gateway.log_text()
+    assert len(list((tmp_path / "data" / "spool").glob("seg-*.jsonl"))) >= 1

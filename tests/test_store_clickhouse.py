@@ -26,7 +26,7 @@ from meterline.events.loader import SpoolLoader
 from meterline.events.schema import UsageEvent, encode_event, events_to_arrow
 from meterline.events.spool import SpoolWriter
 from meterline.pricing.table import PriceTable
-from meterline.store.base import EventQuery, store_for
+from meterline.store.base import EventQuery, StoreUnavailable, store_for
 from meterline.store.clickhouse import ClickHouseStore
 from meterline.store.clickhouse_sql import to_clickhouse
 from meterline.store.clickhouse_transport import HttpTransport, TransportError
@@ -342,8 +342,15 @@ def test_config_names_what_is_missing_and_http_refusal_is_clear(tmp_path: Path) 
         load_config(config_path)
     with pytest.raises(ConfigError, match="use http://host:8123"):
         store_for(StoreConfig(kind="clickhouse", url="ftp://x")).open()
-    with pytest.raises(TransportError):
+    with pytest.raises(StoreUnavailable, match="ClickHouse does not answer at http://"):
         HttpTransport(f"http://127.0.0.1:{free_port()}", "default", "")
+    # a store that found ClickHouse down tries again on its next use (a gateway started during an outage)
+    down = ClickHouseStore(StoreConfig(kind="clickhouse", url=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(StoreUnavailable):
+        down.open()
+    with pytest.raises(StoreUnavailable):
+        down.count_events()
+    assert not down.ping()
 
 
 def test_store_migrate_command_creates_the_schema(chdb_folder: Path, tmp_path: Path) -> None:

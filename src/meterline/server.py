@@ -7,6 +7,7 @@ store, gateway, web); only the CLI imports it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,7 +35,7 @@ from meterline.gateway.metering import Recorder
 from meterline.gateway.proxy import COST_HEADER, OPENAI, REQUEST_ID_HEADER, Gateway
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import ProviderFamily, build_provider
-from meterline.store.base import store_for
+from meterline.store.base import StoreUnavailable, store_for
 from meterline.store.control import ControlDB
 from meterline.web.alerts_api import AlertsApi
 from meterline.web.analytics_api import AnalyticsApi
@@ -46,6 +47,8 @@ from meterline.web.forward import PrimaryForwarder
 from meterline.web.keys_api import KeysApi
 from meterline.web.notices_api import NoticesApi
 from meterline.web.providers_api import ProvidersApi
+
+log = logging.getLogger("meterline.server")
 
 
 class StartupError(RuntimeError):
@@ -156,6 +159,8 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
                 await loader.open_store()
             elif store is not None:
                 await asyncio.to_thread(store.open)
+        except StoreUnavailable as exc:  # serve anyway: events wait in the spool, the store is opened when it answers
+            log.warning("%s; serving anyway: events wait in the spool and are loaded once the store answers", exc)
         except Exception as exc:
             raise StartupError(f"cannot open the {config.store.kind} store {_store_name(config)}: {exc}") from exc
         await loader.start()

@@ -97,9 +97,17 @@ class Store(Protocol):
     def query(self, sql: str, params: Mapping[str, Any], tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
         """The result of one read-only SELECT over `events`, with `$name` parameters bound from `params`.
 
+        The SQL is in the query layer's one dialect, DuckDB's; another store translates it (the
+        ClickHouse store with `meterline.store.clickhouse_sql`).
+
         `tables` are small Arrow tables the statement reads by name (e.g. price periods to join).
         Timestamps come back in UTC. Raises ValueError for anything but a single SELECT.
         """
+
+
+class StoreUnavailable(RuntimeError):
+    """The store's server cannot be reached now. A store whose `open` raised this retries opening on its next use,
+    so a gateway can start (and spool events) while its database is down."""
 
 
 class SegmentFormatError(ValueError):

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from meterline.config import StoreConfig
 from meterline.events.schema import COLUMN_NAMES, COLUMNS, Column, arrow_schema, arrow_to_events
-from meterline.store.base import EventPage, EventQuery, event_filter, event_page
+from meterline.store.base import EventPage, EventQuery, StoreUnavailable, event_filter, event_page
 from meterline.store.clickhouse_sql import to_clickhouse
 from meterline.store.clickhouse_transport import Transport, TransportError, transport_for
 from meterline.store.duckdb import read_segments
@@ -110,18 +110,30 @@ class ClickHouseStore:
         self.retention_days = config.retention_days
         self._transport: Transport | None = None
         self._write_lock = threading.Lock()  # one staged insert at a time from this process
+        self._opening = threading.RLock()
+        self._retry_open = False  # open() found ClickHouse down: the next use tries again
 
     @property
     def description(self) -> str:
         return self._transport.description if self._transport else f"ClickHouse at {self.config.url}"
 
     def open(self) -> None:
-        """Connect, create or migrate the schema, and make the TTL match `retention_days`."""
-        self._transport = transport_for(self.config)
-        with self._closed_on_error():
-            self._migrate()
-            self._apply_retention()
-            self._check_columns()
+        """Connect, create or migrate the schema, and make the TTL match `retention_days`.
+
+        Raises `StoreUnavailable` if ClickHouse does not answer; every later call then tries to
+        open again first (and raises the same while it is still down).
+        """
+        with self._opening:
+            try:
+                self._transport = transport_for(self.config)
+            except StoreUnavailable:
+                self._retry_open = True
+                raise
+            self._retry_open = False
+            with self._closed_on_error():
+                self._migrate()
+                self._apply_retention()
+                self._check_columns()
 
     def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -206,9 +218,16 @@ class ClickHouseStore:
                 transport.command(f"DROP TABLE IF EXISTS {scratch}")
 
     def _open_transport(self) -> Transport:
-        if self._transport is None:
-            raise RuntimeError(f"the ClickHouse store at {self.config.url} is not open")
-        return self._transport
+        transport = self._transport
+        if transport is None:
+            with self._opening:
+                if self._transport is None:
+                    if not self._retry_open:
+                        raise RuntimeError(f"the ClickHouse store at {self.config.url} is not open")
+                    self.open()
+                transport = self._transport
+        assert transport is not None
+        return transport
 
     def _migrate(self) -> None:
         transport = self._open_transport()

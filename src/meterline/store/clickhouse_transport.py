@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from meterline.config import ConfigError, StoreConfig
+from meterline.store.base import StoreUnavailable
 
 
 class TransportError(RuntimeError):
@@ -121,7 +122,7 @@ class HttpTransport:
                 settings={"output_format_arrow_string_as_string": 1},
             )
         except self._errors as exc:
-            raise TransportError(str(exc)) from exc
+            raise StoreUnavailable(f"ClickHouse does not answer at {url}: {exc}") from exc
 
     def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
         self._call(self._client.command, sql, settings=dict(settings or {}))
