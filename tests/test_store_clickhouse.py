@@ -147,6 +147,7 @@ def test_schema_is_a_replacing_merge_tree_by_month_ordered_for_time_team_feature
     assert "PARTITION BY toYYYYMM(started_at)" in ddl
     assert "ORDER BY (toDate(started_at), team, feature, event_id)" in ddl
     assert "TTL toDateTime(started_at) + toIntervalDay(400)" in ddl
+    assert "INDEX request_id_bloom request_id TYPE bloom_filter(0.01) GRANULARITY 4" in ddl
 
     # reopening with another retention changes the TTL; without one, removes it; migrations run once
     config = clickhouse_config().model_copy(update={"database": clickhouse.database, "retention_days": 30})

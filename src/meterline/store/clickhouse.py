@@ -6,7 +6,8 @@
 The table (`events` in `store.database`, created and migrated by `open`, i.e. by
 `meterline store migrate` or at start-up) is a ReplacingMergeTree partitioned by month of
 `started_at` and ordered by (day, team, feature, event_id), the order the common queries filter
-in. Spool replays must never double count, so duplicates are kept out twice over:
+in, with bloom-filter skip indexes on `request_id` and `agent_run_id` for the lookups by id. Spool
+replays must never double count, so duplicates are kept out twice over:
 
 - at insert, a batch is staged in a Memory table and only the event_ids not stored yet (looked
   up in the batch's time range, which the ordering key makes cheap) are copied into `events`,
@@ -89,8 +90,12 @@ class Migration:
 
 def _create_events(database: str) -> list[str]:
     columns = ", ".join(f'"{column.name}" {_column_type(column)}' for column in COLUMNS)
+    # one request's or one agent run's events are looked up by id, which the ordering key does not cover
+    indexes = ", ".join(
+        f"INDEX {name}_bloom {name} TYPE bloom_filter(0.01) GRANULARITY 4" for name in ("request_id", "agent_run_id")
+    )
     return [
-        f"""CREATE TABLE IF NOT EXISTS {database}.events ({columns})
+        f"""CREATE TABLE IF NOT EXISTS {database}.events ({columns}, {indexes})
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(started_at)
         ORDER BY (toDate(started_at), team, feature, event_id)
