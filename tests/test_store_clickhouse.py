@@ -317,6 +317,30 @@ def test_every_analytics_endpoint_agrees_between_duckdb_and_clickhouse(
     duck.close()
 
 
+def test_hourly_series_with_medians_and_filters_agree_between_the_stores(
+    clickhouse: ClickHouseStore, tmp_path: Path
+) -> None:
+    """The shapes alert rules aggregate with: hours back from an instant, filtered medians, a scalar percentile."""
+    events = events_to_arrow(generated_events(2000))
+    duck = DuckDBStore(StoreConfig(path=tmp_path / "m.duckdb"))
+    duck.open()
+    sql = """
+        SELECT e.feature AS feature, (epoch_us($at) - epoch_us(e.started_at) - 1) // 3600000000 AS ago,
+            median(e.duration_ms) FILTER (WHERE e.error_class = 'none' AND NOT e.cache_status LIKE 'hit%') AS median_ms,
+            quantile_cont(e.duration_ms, 0.95) AS p95_ms, quantile_cont(e.ttft_ms, 0.5) AS ttft_p50,
+            coalesce(sum(e.cost_usd * e.cost_usd), 0) AS cost_squares,
+            count(*) FILTER (WHERE e.error_class NOT IN ('none', 'timeout')) AS errors
+        FROM events e WHERE e.started_at < $at GROUP BY ALL HAVING count(*) > 0 ORDER BY feature NULLS LAST, ago
+    """
+    answers = []
+    for store in (duck, clickhouse):
+        store.insert_events(events)
+        answers.append(store.query(sql, {"at": START + timedelta(days=20)}).to_pylist())
+    duck.close()
+    assert len(answers[0]) > 100 and any(row["ttft_p50"] is None for row in answers[0])
+    agree(*answers)
+
+
 def test_query_binds_values_as_literals_and_refuses_anything_but_a_select(clickhouse: ClickHouseStore) -> None:
     tricky = "it's a \\' quote'); DROP TABLE events; --"
     assert clickhouse.query("SELECT $v AS v", {"v": tricky})["v"].to_pylist() == [tricky]

@@ -7,9 +7,10 @@ more than syntax (each is checked against DuckDB's answer by tests/test_store_cl
 
 - `epoch_us(t)` -> `toUnixTimestamp64Micro(t)`, and `a // b` -> `intDiv(a, b)` (sqlglot would
   divide in floating point and cast back);
-- `quantile_cont(x, [levels])` -> `quantilesExactInclusive(levels)(x)`, the same linear
-  interpolation; ClickHouse answers NaNs for a group with no value where DuckDB answers NULL,
-  so NaNs become NULLs;
+- `quantile_cont(x, [levels])`, `quantile_cont(x, level)` and `median(x)` -> ClickHouse's
+  `quantile(s)ExactInclusive`, the same linear interpolation (its plain `quantile` and `median`
+  are approximate); ClickHouse answers NaN for a group with no value where DuckDB answers NULL,
+  so NaNs become NULLs; a FILTER on them moves into the argument (`CASE WHEN c THEN x END`);
 - `map[key]` -> NULL when the key is absent (ClickHouse would answer the empty string);
 - `$name` parameters -> literals of the bound values, rendered by sqlglot (quoted and escaped,
   never pasted as text); times as `DateTime64(6, 'UTC')`;
@@ -48,10 +49,12 @@ def _override(node: exp.Expression) -> exp.Expression:
             this="quantilesExactInclusive", expressions=node.expression.expressions, params=[node.this]
         )
         value = exp.to_identifier("v")
-        no_nan = exp.If(this=exp.Anonymous(this="isNaN", expressions=[value]), true=exp.Null(), false=value.copy())
         return exp.Anonymous(
-            this="arrayMap", expressions=[exp.Lambda(this=no_nan, expressions=[value.copy()]), quantiles]
+            this="arrayMap", expressions=[exp.Lambda(this=_no_nan(value), expressions=[value.copy()]), quantiles]
         )
+    if isinstance(node, exp.PercentileCont | exp.Median):
+        level = node.expression if isinstance(node, exp.PercentileCont) else exp.Literal.number(0.5)
+        return _no_nan(exp.ParameterizedAgg(this="quantileExactInclusive", expressions=[level], params=[node.this]))
     if isinstance(node, exp.Bracket) and isinstance(node.this, exp.Column) and node.this.name in _MAP_COLUMNS:
         (key,) = node.expressions
         return exp.If(
@@ -59,6 +62,22 @@ def _override(node: exp.Expression) -> exp.Expression:
             true=exp.Bracket(this=node.this.copy(), expressions=[key.copy()]),
             false=exp.Null(),
         )
+    return node
+
+
+def _no_nan(value: exp.Expression) -> exp.Expression:
+    """`value`, or NULL where it is NaN (ClickHouse's quantile of no values; DuckDB answers NULL)."""
+    return exp.If(this=exp.Anonymous(this="isNaN", expressions=[value]), true=exp.Null(), false=value.copy())
+
+
+def _filter_into_argument(node: exp.Expression) -> exp.Expression:
+    """`median(x) FILTER (WHERE c)` -> `median(CASE WHEN c THEN x END)`: the same (quantiles skip NULLs), and a
+    form ClickHouse's parametric quantile functions take."""
+    if isinstance(node, exp.Filter) and isinstance(node.this, exp.Median | exp.PercentileCont):
+        quantile = node.this.copy()
+        condition = node.expression.this.copy()
+        quantile.set("this", exp.If(this=condition, true=quantile.this, false=exp.Null()))
+        return quantile
     return node
 
 
@@ -79,7 +98,7 @@ def _translated(sql: str) -> exp.Expression:
     statements = sqlglot.parse(sql, read="duckdb")
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise ValueError("Store.query runs exactly one SELECT statement")
-    return _bottom_up(statements[0])
+    return _bottom_up(statements[0].transform(_filter_into_argument))
 
 
 def _literal(value: Any) -> exp.Expression:
