@@ -7,10 +7,11 @@ its internal port); all workers append to the shared spool folder, which worker 
 Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`).
 
 The supervisor forwards SIGTERM/SIGINT to the workers and waits for them to finish their
-in-flight requests. A worker that dies is restarted after a second; one that could not start
-(a bad config, a locked store, a taken port) exits with `STARTUP_FAILED`, and the supervisor
-then stops the others and exits with its message instead of restarting it forever, however
-long the failed start took.
+in-flight requests: first to the others, then, once they have exited and handed their last spool
+segments over, to worker 0, which loads them (so a graceful stop leaves the spool empty). A
+worker that dies is restarted after a second; one that could not start (a bad config, a locked
+store, a taken port) exits with `STARTUP_FAILED`, and the supervisor then stops the others and
+exits with its message instead of restarting it forever, however long the failed start took.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Supervisor:
         self.primary_port = _free_local_port()
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
+        self._primary_stopping = False
 
     def _start(self, index: int) -> None:
         process = _CONTEXT.Process(
@@ -74,11 +76,18 @@ class Supervisor:
         self.workers[index] = process
 
     def _stop_all(self) -> None:
-        """Ask every worker to finish its in-flight requests and exit (SIGTERM)."""
+        """Ask the workers to finish their in-flight requests and exit (SIGTERM), worker 0 last (see `run`)."""
         self.stopping = True
-        for process in self.workers.values():
-            if process.is_alive():
+        for index, process in self.workers.items():
+            if index != 0 and process.is_alive():
                 process.terminate()
+
+    def _stop_primary_when_alone(self) -> None:
+        """Once the other workers have exited (their last spool segments handed over), stop worker 0, which
+        loads them: so a SIGTERM leaves nothing in the spool."""
+        if self.stopping and list(self.workers) == [0] and not self._primary_stopping:
+            self._primary_stopping = True
+            self.workers[0].terminate()
 
     def run(self) -> int:
         """Start the workers and supervise them until a signal; returns the exit status."""
@@ -103,5 +112,6 @@ class Supervisor:
                 log.warning("worker %d exited (%s); restarting it", index, process.exitcode)
                 time.sleep(RESTART_DELAY_S)
                 self._start(index)
+            self._stop_primary_when_alone()
             time.sleep(0.2)
         return status
