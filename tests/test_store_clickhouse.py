@@ -21,6 +21,7 @@ import pytest
 
 from meterline.analytics.params import Scope
 from meterline.analytics.queries import Analytics
+from meterline.analytics.signals import collect
 from meterline.config import ConfigError, ModelConfig, StoreConfig, load_config
 from meterline.events.loader import SpoolLoader
 from meterline.events.schema import UsageEvent, encode_event, events_to_arrow
@@ -339,6 +340,27 @@ def test_hourly_series_with_medians_and_filters_agree_between_the_stores(
     duck.close()
     assert len(answers[0]) > 100 and any(row["ttft_p50"] is None for row in answers[0])
     agree(*answers)
+
+
+def test_the_alert_rules_signals_agree_between_the_stores(clickhouse: ClickHouseStore, tmp_path: Path) -> None:
+    events = events_to_arrow(generated_events(3000))
+    duck = DuckDBStore(StoreConfig(path=tmp_path / "m.duckdb"))
+    duck.open()
+    answers = []
+    for store in (duck, clickhouse):
+        store.insert_events(events)
+        signals = collect(store, START + timedelta(days=30, minutes=17), latency_minutes=600, error_minutes=600)
+        answers.append({name: sort_rows(value) for name, value in signals.__dict__.items()})
+    duck.close()
+    assert answers[0]["features"] and answers[0]["users"] and answers[0]["models"]
+    agree(*answers)
+
+
+def sort_rows(value: Any) -> Any:
+    """Rows in one order (the signal queries leave it to the engine)."""
+    if isinstance(value, list):
+        return sorted(value, key=lambda row: [(item is None, str(item)) for item in row.values()])
+    return value
 
 
 def test_query_binds_values_as_literals_and_refuses_anything_but_a_select(clickhouse: ClickHouseStore) -> None:
