@@ -223,7 +223,7 @@ def test_a_gateway_starts_and_serves_while_clickhouse_is_down(mock_provider: Ser
         STORE_LINE,
         f"store: {{kind: clickhouse, url: 'http://127.0.0.1:{free_port()}', spool_dir: ./data/spool, "
         "flush_interval_ms: 50}",
-    )
+    ) + "budgets:\n  budgets: [{scope: 'team:t', period: day, limit_usd: 100, actions: [throttle]}]\n"
     (tmp_path / "meterline.yaml").write_text(config)
     gateway = GatewayService(
         ["serve", "--config", "meterline.yaml"], tmp_path, port, tmp_path / "gateway.log",
@@ -244,4 +244,5 @@ def test_a_gateway_starts_and_serves_while_clickhouse_is_down(mock_provider: Ser
     log = gateway.log_text()
     assert "ClickHouse does not answer" in log and "serving anyway: events wait in the spool" in log
     assert "loading is retried" in log
+    assert "budget 'team:t:day' (team t, per day) counts from zero: its spend so far cannot be read" in log
     assert len(list((tmp_path / "data" / "spool").glob("seg-*.jsonl"))) >= 1

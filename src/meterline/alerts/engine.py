@@ -22,7 +22,7 @@ from meterline.alerts.rules import Finding, evaluate
 from meterline.alerts.state import AlertStore, Transition
 from meterline.analytics.signals import collect
 from meterline.config import AlertsConfig, Config
-from meterline.store.base import Store
+from meterline.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("meterline.alerts")
 
@@ -89,6 +89,10 @@ class AlertLoop:
             try:
                 await self.evaluate_once()
                 self.last_error = None
+            except StoreUnavailable as exc:
+                if self.last_error is None:
+                    log.warning("alert evaluation waits for the store (retrying every %gs): %s", self.interval_s, exc)
+                self.last_error = str(exc)
             except Exception as exc:
                 if self.last_error is None:
                     log.exception("alert evaluation failed; retrying every %gs", self.interval_s)

@@ -52,7 +52,7 @@ from meterline.events.schema import UsageEvent
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import ApiError, Dialect, ProviderFamily
 from meterline.providers.estimate import estimate_tokens
-from meterline.store.base import Store
+from meterline.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("meterline.budgets")
 
@@ -243,7 +243,11 @@ class SpendGuard:
             for (key, (budget, start, end)), totals in zip(wanted.items(), existing, strict=True):
                 if totals is None:
                     since = datetime.fromtimestamp(start, UTC)
-                    usd, tokens, requests = await asyncio.to_thread(period_spend, store, budget, since)
+                    try:
+                        usd, tokens, requests = await asyncio.to_thread(period_spend, store, budget, since)
+                    except StoreUnavailable as exc:
+                        log.warning("%s counts from zero: its spend so far cannot be read (%s)", describe(budget), exc)
+                        continue
                     await self.counters.seed(
                         key, Totals(usd, 0.0, tokens, 0, requests, start), int(end - now) + GRACE_S
                     )
