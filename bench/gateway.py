@@ -20,7 +20,15 @@ none trips, with counters in process or in Redis (`MLINE_BENCH_REDIS_URL`, defau
 redis://127.0.0.1:6379/15, under a key prefix of its own that is deleted afterwards). Every call
 carries team, user and agent-run headers, so the runs compare like with like.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis] [--rate 200]
+`--export off on` repeats the runs with OTLP export on (`otel.export`: a span per request and
+per attempt, sampling ratio 1, GenAI metrics every second) into a local OTLP/HTTP sink on core 1
+that answers every export and counts the spans it received. The gateway's exporter process
+(which builds and encodes the spans) is moved to core 1 too, beside the mock and the load
+generator, so it competes with them rather than with the gateway. CPU time per request of the
+gateway process and of the exporter process is printed: machine load skews it less than req/s.
+
+Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis]
+     [--export off on] [--rate 200]
 """
 
 from __future__ import annotations
@@ -78,6 +86,12 @@ def wait_healthy(url: str, timeout_s: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not become healthy")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -168,13 +182,49 @@ def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, flo
 # ---- the benchmark -----------------------------------------------------------------------------
 
 
-def gateway_config(port: int, mock_port: int, budgets: str, redis_prefix: str) -> str:
+# ---- OTLP sink (runs in its own process) -------------------------------------------------------
+
+
+def run_sink(port: int) -> None:
+    """An OTLP/HTTP receiver that accepts everything and counts the spans; GET /count answers the count."""
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    spans = 0
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal spans
+        body = await request.read()
+        if request.path == "/v1/traces":
+            export = ExportTraceServiceRequest.FromString(body)
+            spans += sum(len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"spans": spans})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes([web.post("/{path:.*}", receive), web.get("/count", count), web.get("/health", count)])
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+def sink_spans(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as reply:
+        return int(json.loads(reply.read())["spans"])
+
+
+def gateway_config(port: int, mock_port: int, budgets: str, redis_prefix: str, sink_port: int | None = None) -> str:
     config = (
         f"server: {{host: 127.0.0.1, port: {port}, master_key: {KEY}}}\n"
         "store: {kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool}\n"
         f"providers:\n  openai: {{kind: openai, base_url: http://127.0.0.1:{mock_port}/v1, api_key: k}}\n"
         "models:\n  - {name: gpt-4o-mini, provider: openai}\n"
     )
+    if sink_port is not None:
+        sink = f"http://127.0.0.1:{sink_port}"
+        config += f"otel: {{export: {{enabled: true, endpoint: '{sink}', metrics_interval_s: 1}}}}\n"
     if budgets == "none":
         return config
     backend = (
@@ -251,9 +301,15 @@ def launch(latency_ms: float, config: Callable[[int, int, str], str]) -> Rig:
     return Rig(folder, mock, mock_port, gateway, port, redis_prefix)
 
 
-def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | None) -> None:
+def bench(latency_ms: float, seconds: float, budgets: str, export: bool, fixed_rate: float | None) -> None:
+    sink_port = free_port() if export else None
+    sink = None
+    if sink_port is not None:
+        sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
+        os.sched_setaffinity(sink.pid, {1})
+        wait_healthy(f"http://127.0.0.1:{sink_port}")
     folder, mock, mock_port, gateway, port, redis_prefix = launch(
-        latency_ms, lambda port, mock_port, prefix: gateway_config(port, mock_port, budgets, prefix)
+        latency_ms, lambda port, mock_port, prefix: gateway_config(port, mock_port, budgets, prefix, sink_port)
     )
     direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -262,7 +318,13 @@ def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | N
     try:
         wait_healthy(f"http://127.0.0.1:{mock_port}")
         wait_healthy(f"http://127.0.0.1:{port}")
+        exporters = [int(pid) for pid in Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()]
+        for pid in exporters:  # the exporter process the gateway started inherited core 0: it belongs beside the mock
+            os.sched_setaffinity(pid, {1})
         served += run_load("closed", gateway_url, 16, 2)["ok"]  # warm-up
+        time.sleep(1)  # the warm-up's spans are sent; the exporter's start-up CPU is not per request
+        exporter_start_cpu_s = sum(cpu_seconds(pid) for pid in exporters)
+        gateway_start_cpu_s = cpu_seconds(gateway.pid)
         through = run_load("closed", gateway_url, concurrency, seconds)
         served += through["ok"]
         ceiling = run_load("closed", direct_url, concurrency, seconds)
@@ -271,18 +333,28 @@ def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | N
         via = run_load("open", gateway_url, rate, seconds)
         served += via["ok"]
         rss, peak = rss_mb(gateway.pid)
+        exporter_cpu_s = sum(cpu_seconds(pid) for pid in exporters) - exporter_start_cpu_s
+        gateway_cpu_s = cpu_seconds(gateway.pid) - gateway_start_cpu_s
+        measured = through["ok"] + via["ok"]
     finally:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=60)
     stored = stored_events(folder / "data" / "meterline.duckdb")
+    exported = None
+    if sink is not None and sink_port is not None:
+        exported = sink_spans(sink_port)
+        sink.terminate()
+        sink.wait()
     if budgets == "redis":
         delete_redis_keys(redis_prefix)
-    litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder) if budgets == "none" else None
+    compare = budgets == "none" and not export
+    litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder) if compare else None
     mock.terminate()
     mock.wait()
 
     print(
-        f"\n== upstream latency {latency_ms:g} ms, budgets {budgets}, gateway on 1 core, concurrency {concurrency} =="
+        f"\n== upstream latency {latency_ms:g} ms, budgets {budgets}, OTLP export {'on' if export else 'off'}, "
+        f"gateway on 1 core, concurrency {concurrency} =="
     )
     print(f"gateway throughput:     {through['rps']:8.0f} req/s  ({through['failed']:.0f} failed)")
     print(f"direct to mock (limit): {ceiling['rps']:8.0f} req/s  (load generator + mock on the other core)")
@@ -290,8 +362,12 @@ def bench(latency_ms: float, seconds: float, budgets: str, fixed_rate: float | N
     print(f"                        gateway p50 {via['p50']:.2f} ms p99 {via['p99']:.2f} ms")
     print(f"added latency:          p50 {via['p50'] - direct['p50']:.2f} ms, p99 {via['p99'] - direct['p99']:.2f} ms")
     print(f"gateway RSS:            {rss:.0f} MB now, {peak:.0f} MB peak")
+    print(f"gateway process CPU:    {gateway_cpu_s * 1e6 / max(measured, 1):.0f} us per request (all its threads)")
     print(f"events stored / served: {stored} / {served}  ({'equal' if stored == served else 'MISMATCH'})")
-    if budgets == "none" and litellm_rps is None:
+    if exported is not None:
+        print(f"spans exported / 2 per request: {exported} / {2 * served}")
+        print(f"exporter process CPU:   {exporter_cpu_s * 1e6 / max(measured, 1):.0f} us per request (on core 1)")
+    if compare and litellm_rps is None:
         print("litellm:                not installed (pip install 'litellm[proxy]' to compare)")
     elif litellm_rps is not None:
         print(
@@ -312,6 +388,9 @@ def print_result(runner: Coroutine[Any, Any, dict[str, float]]) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--sink":
+        run_sink(int(sys.argv[2]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, value, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
         print_result(closed_loop(url, int(value), seconds) if mode == "closed" else open_loop(url, value, seconds))
@@ -320,11 +399,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
     parser.add_argument("--budgets", nargs="+", choices=["none", "memory", "redis"], default=["none"])
+    parser.add_argument("--export", nargs="+", choices=["off", "on"], default=["off"], help="OTLP export")
     parser.add_argument("--rate", type=float, help="req/s of the latency runs (default: half the throughput)")
     args = parser.parse_args()
     for budgets in args.budgets:
-        for latency_ms in args.latency_ms:
-            bench(latency_ms, args.seconds, budgets, args.rate)
+        for export in args.export:
+            for latency_ms in args.latency_ms:
+                bench(latency_ms, args.seconds, budgets, export == "on", args.rate)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayService, Service, free_port, gateway_config, run_cli, worker_gateway
 
@@ -62,6 +63,11 @@ def test_two_workers_serve_calls_and_the_api_and_lose_no_event(workers: GatewayS
             assert client.get("/login").status_code == 200
     events = workers.events(expected=40, feature="spread")
     assert len(events) == 40 and len({event["request_id"] for event in events}) == 40
+    for _ in range(6):  # whichever worker the scrape reaches, /metrics counts both workers' calls
+        with httpx.Client(base_url=workers.url) as client:
+            families = text_string_to_metric_families(client.get("/metrics").text)
+        requests = [s.value for f in families for s in f.samples if s.name == "meterline_requests_total"]
+        assert sum(requests) == 40
 
     # a killed worker is restarted, and what it had answered still reaches the store
     victim = worker_pids(workers)[1]

@@ -406,6 +406,58 @@ class ResilienceConfig(_Section):
     backoff: BackoffConfig = BackoffConfig()
     deadline_s: float = Field(600, gt=0, description="all attempts and waits of one request together")
     breaker: BreakerConfig = BreakerConfig()
+class OtelExportConfig(_Section):
+    """OTLP/HTTP (protobuf) export of a span per gateway attempt and GenAI metrics; needs the `otel` extra."""
+
+    enabled: bool = False
+    endpoint: str = Field(
+        "http://127.0.0.1:4318", description="the collector's base URL; /v1/traces and /v1/metrics are appended"
+    )
+    traces_endpoint: str | None = Field(None, description="full URL for spans (default: <endpoint>/v1/traces)")
+    metrics_endpoint: str | None = Field(None, description="full URL for metrics (default: <endpoint>/v1/metrics)")
+    headers: dict[str, str] = Field({}, description="sent with every export, e.g. an API key of the backend")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of traces whose spans are exported")
+    metrics: bool = Field(True, description="export GenAI metrics (always complete, never sampled)")
+    metrics_interval_s: float = Field(60, gt=0, description="how often metrics are exported")
+    batch_delay_ms: int = Field(2000, ge=10, description="longest a finished span waits before it is sent")
+    service_name: str = Field("meterline", min_length=1, description="resource attribute service.name")
+    timeout_s: float = Field(10, gt=0)
+    max_queue: int = Field(20000, ge=100, description="finished calls waiting for export; more are dropped")
+    capture_content: bool = Field(
+        False, description="also export prompts and responses (gen_ai.input/output.messages), unredacted"
+    )
+
+    @field_validator("endpoint", "traces_endpoint", "metrics_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value is not None else None
+
+    @property
+    def traces_url(self) -> str:
+        return self.traces_endpoint or f"{self.endpoint}/v1/traces"
+
+    @property
+    def metrics_url(self) -> str:
+        return self.metrics_endpoint or f"{self.endpoint}/v1/metrics"
+
+
+class OtelIngestConfig(_Section):
+    """`POST /v1/traces`: OTLP/HTTP spans from instrumented apps become events; needs the `otel` extra."""
+
+    enabled: bool = False
+    max_body_mb: float = Field(5, gt=0, description="largest accepted request body (after decompression)")
+    spans_per_s: float = Field(2000, gt=0, description="sustained spans per second per key; more get 429")
+    burst_spans: int = Field(20000, ge=1, description="spans a key may send at once before the rate applies")
+    feature_attributes: list[str] = Field(
+        [], description="span or resource attributes read as the feature, after meterline.feature"
+    )
+
+
+class OtelConfig(_Section):
+    export: OtelExportConfig = OtelExportConfig()
+    ingest: OtelIngestConfig = OtelIngestConfig()
 
 
 class CacheRuleConfig(_Section):
@@ -481,6 +533,7 @@ class Config(_Section):
     alerts: AlertsConfig = AlertsConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
+    otel: OtelConfig = OtelConfig()
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> Config:

@@ -11,7 +11,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -28,18 +28,22 @@ from meterline.cache.service import ResponseCache
 from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
+from meterline.gateway.auth import Authenticator
 from meterline.gateway.caching import GatewayCache
 from meterline.gateway.clock import Clock
 from meterline.gateway.keys import KeyAuthenticator, KeyStore
-from meterline.gateway.metering import Recorder
+from meterline.gateway.metering import CallObserver, Recorder
 from meterline.gateway.proxy import COST_HEADER, OPENAI, REQUEST_ID_HEADER, Gateway
+from meterline.otel import OTEL_EXTRA_HINT
+from meterline.otel.prometheus import GatewayMetrics
+from meterline.otel.recent import RecentGatewayCalls
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import ProviderFamily, build_provider
-from meterline.store.base import StoreUnavailable, store_for
+from meterline.store.base import Store, StoreUnavailable, store_for
 from meterline.store.control import ControlDB
 from meterline.web.alerts_api import AlertsApi
 from meterline.web.analytics_api import AnalyticsApi
-from meterline.web.api import Api, health
+from meterline.web.api import Api, api_error, health
 from meterline.web.auth import WebAuth
 from meterline.web.budgets_api import BudgetsApi
 from meterline.web.dashboard import Dashboard
@@ -49,6 +53,10 @@ from meterline.web.notices_api import NoticesApi
 from meterline.web.providers_api import ProvidersApi
 
 log = logging.getLogger("meterline.server")
+
+if TYPE_CHECKING:
+    from meterline.otel.pipeline import ExportPipeline
+    from meterline.otel.receiver import TraceReceiver
 
 
 class StartupError(RuntimeError):
@@ -85,9 +93,8 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         providers = {name: build_provider(name, provider) for name, provider in config.providers.items()}
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    price_table = PriceTable.load(
-        config.pricing.overrides, {name: provider.pricing_id for name, provider in providers.items()}
-    )
+    pricing_ids = {name: provider.pricing_id for name, provider in providers.items()}
+    price_table = PriceTable.load(config.pricing.overrides, pricing_ids)
     store = store_for(config.store) if role is None or role.owns_store else None
     spool = SpoolWriter(config.store.spool_dir)
     # with store.loader: external, `meterline ingest` loads the spool; this process only reads the store
@@ -127,7 +134,13 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         notices,
         store,
     )
-    recorder = Recorder(price_table, spool)
+    metrics = GatewayMetrics()
+    exporter = otlp_exporter(config, providers)
+    receiver = None if store is None else trace_receiver(config, authenticator, pricing_ids, spool, store, metrics)
+    observers: list[CallObserver] = [metrics]
+    observers += [] if exporter is None else [exporter]
+    observers += [] if receiver is None else [receiver.recent]
+    recorder = Recorder(price_table, spool, observers)
     cache = build_cache(config, providers, recorder)
     gateway = Gateway(config, providers, authenticator, recorder, guard, clock, cache)
     web_auth = WebAuth(authenticator, config.server.master_key)
@@ -152,6 +165,10 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         app.add_routes(AlertsApi(notices.alerts, detector, web_auth, utc_now).routes())
         if alerts.evaluate:
             alert_loop = AlertLoop(detector, notices, alerts.interval_s)
+        app.add_routes([metrics.route(), web.post("/v1/traces", ingest_off) if receiver is None else receiver.route()])
+        metrics.watch_loader(loader)
+        if exporter is not None:
+            metrics.watch(exporter.gauges)
 
     async def start(_: web.Application) -> None:
         try:
@@ -171,6 +188,10 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         if cache is not None:
             await cache.cache.start()
         await gateway.start()
+        if exporter is not None:
+            exporter.start()
+        if receiver is not None:
+            await receiver.start()
         if forwarder is not None:
             await forwarder.start()
         if alert_loop is not None:
@@ -184,6 +205,10 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         await gateway.stop()
         if cache is not None:
             await cache.cache.close()
+        if receiver is not None:
+            await receiver.stop()
+        if exporter is not None:
+            await asyncio.to_thread(exporter.stop)
         await guard.stop()
         await loader.stop()
         if store is not None:
@@ -220,6 +245,43 @@ def _store_name(config: Config) -> str:
         path = config.store.path
         return f"at {path} (a DuckDB file admits one writing process: is another `meterline serve` using it?)"
     return f"at {config.store.url} (database {config.store.database})"
+
+
+def otlp_exporter(config: Config, providers: dict[str, ProviderFamily]) -> ExportPipeline | None:
+    """The OTLP export `otel.export` asks for, or None; `ConfigError` if the otel extra is missing."""
+    if not config.otel.export.enabled:
+        return None
+    try:
+        import meterline.otel.export  # noqa: F401  (the exporter process needs the SDK: fail here, not there)
+        from meterline.otel.pipeline import ExportPipeline
+    except ImportError as exc:
+        raise ConfigError(f"otel.export.enabled is true, but {exc.name} is not installed: {OTEL_EXTRA_HINT}") from exc
+    return ExportPipeline(config.otel.export, {name: provider.config.base_url for name, provider in providers.items()})
+
+
+def trace_receiver(
+    config: Config,
+    authenticator: Authenticator,
+    pricing_ids: dict[str, str | None],
+    spool: SpoolWriter,
+    store: Store,
+    metrics: GatewayMetrics,
+) -> TraceReceiver | None:
+    """The OTLP receiver for `POST /v1/traces` when `otel.ingest` is on; `ConfigError` if the otel extra is missing."""
+    ingest = config.otel.ingest
+    if not ingest.enabled:
+        return None
+    try:
+        from meterline.otel.ingest import MapperSpec
+        from meterline.otel.receiver import TraceReceiver
+    except ImportError as exc:
+        raise ConfigError(f"otel.ingest.enabled is true, but {exc.name} is not installed: {OTEL_EXTRA_HINT}") from exc
+    mapper = MapperSpec(config.pricing.overrides, pricing_ids, tuple(ingest.feature_attributes))
+    return TraceReceiver(ingest, authenticator, mapper, spool, store, metrics, RecentGatewayCalls())
+
+
+async def ingest_off(request: web.Request) -> web.Response:
+    return api_error(404, "OTLP ingest is off on this gateway: set otel.ingest.enabled: true in its config")
 
 
 def serve(config: Config, role: WorkerRole | None = None) -> None:

@@ -5,6 +5,8 @@ kernel spreads connections over them and a CPU-bound event loop is no longer the
 Worker 0 owns the event store and serves the API and dashboard (the others forward those to
 its internal port); all workers append to the shared spool folder, which worker 0 loads.
 Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`).
+Prometheus counters are shared through files in a temporary folder the supervisor makes
+(`PROMETHEUS_MULTIPROC_DIR`), so `/metrics` answers for all workers together.
 
 The supervisor forwards SIGTERM/SIGINT to the workers and waits for them to finish their
 in-flight requests: first to the others, then, once they have exited and handed their last spool
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from meterline.config import ConfigError, load_config
+from meterline.otel.prometheus import MULTIPROCESS_ENV
 
 log = logging.getLogger("meterline.workers")
 
@@ -91,6 +96,12 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and supervise them until a signal; returns the exit status."""
+        with tempfile.TemporaryDirectory(prefix="meterline-metrics-") as metrics_dir:
+            # the workers' Prometheus counters go to files here, which /metrics sums (see otel.prometheus)
+            os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
+            return self._supervise()
+
+    def _supervise(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _signum, _frame: self._stop_all())
         for index in range(self.count):

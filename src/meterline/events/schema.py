@@ -67,6 +67,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     """The configured model that served the attempt: `requested_model` unless a budget downgraded it."""
     upstream_model: str | None = None
     response_model: str | None = None
+    response_id: str | None = None
+    """The provider's id for its answer (OpenAI `chatcmpl-...`, Anthropic `msg_...`); `gen_ai.response.id` in OTel."""
     status_code: int
     error_class: str = "none"
     error_message: str | None = None

@@ -9,9 +9,10 @@ gets the end of its response.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from meterline.cache.service import Plan
 from meterline.events.schema import UsageEvent, new_id, new_span_id
@@ -56,6 +57,8 @@ class CallContext:
         if self.attempt > 1:
             self.started_at = datetime.now(UTC)
             self.started_perf = time.perf_counter()
+    output_text: str | None = None
+    """The text of the answer, kept only when content is exported (`otel.export.capture_content`)."""
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the attempt under way started (the first: since the request arrived)."""
@@ -89,6 +92,7 @@ class Outcome:
     error_class: str = "none"
     error_message: str | None = None
     response_model: str | None = None
+    response_id: str | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
     saved_usd: float | None = None
@@ -114,15 +118,33 @@ def outcome_of_stream(call: CallContext, state: StreamState, status_code: int, t
         error_class=state.error_class or "none",
         error_message=state.error_message,
         response_model=state.response_model,
+        response_id=state.response_id,
         finish_reason=state.finish_reason,
         ttft_ms=ttft_ms,
     )
 
 
+class CallObserver(Protocol):
+    """Told of each logical request once it is over (telemetry: Prometheus counters, OTLP export).
+
+    Called on the event loop after the call's last attempt is recorded, so it must only do cheap,
+    non-blocking work (count, or put the call on a queue for a background thread).
+    """
+
+    def call_finished(self, call: CallContext) -> None: ...
+
+
 class Recorder:
-    def __init__(self, price_table: PriceTable, spool: SpoolWriter) -> None:
+    def __init__(self, price_table: PriceTable, spool: SpoolWriter, observers: Sequence[CallObserver] = ()) -> None:
         self.price_table = price_table
         self.spool = spool
+        self.observers = tuple(observers)
+
+    def finish(self, call: CallContext) -> None:
+        """The logical request is over: tell the observers, if it made any attempt."""
+        if call.events:
+            for observer in self.observers:
+                observer.call_finished(call)
 
     def record(self, call: CallContext, outcome: Outcome) -> UsageEvent:
         """Record the outcome of the call's attempt under way (a refusal before any attempt is attempt 1)."""
@@ -147,6 +169,7 @@ class Recorder:
             served_model=call.served_model or call.requested_model,
             upstream_model=call.upstream_model,
             response_model=outcome.response_model,
+            response_id=outcome.response_id,
             status_code=outcome.status_code,
             error_class=outcome.error_class,
             error_message=outcome.error_message,

@@ -163,6 +163,7 @@ class Gateway:
         )
         self.cache = cache
         self.session: aiohttp.ClientSession | None = None
+        self.keep_output_text = config.otel.export.enabled and config.otel.export.capture_content
         # first-byte, idle and total limits are kept by the gateway itself (see `attempt` and `stream`)
         self._timeouts = {
             name: aiohttp.ClientTimeout(total=None, sock_connect=provider.config.timeout.connect_s)
@@ -340,9 +341,12 @@ class Gateway:
             return self.error_response(dialect, exc.error)
         except RetriesHeaderInvalid as exc:
             return self.error_response(dialect, ApiError(400, str(exc), "invalid_header", param=RETRIES_HEADER))
-        if operation == "count_tokens":  # costs nothing, so no budget applies, and is not retried
-            return await self.count_tokens(request, call, provider, raw)
-        return await self.serve(request, call, raw, most_retries)
+        try:
+            if operation == "count_tokens":  # costs nothing, so no budget applies, and is not retried
+                return await self.count_tokens(request, call, provider, raw)
+            return await self.serve(request, call, raw, most_retries)
+        finally:
+            self.recorder.finish(call)  # the call's events, one per attempt, go to the observers
 
     async def serve(
         self, request: web.Request, call: CallContext, raw: bytes, most_retries: int | None
@@ -580,11 +584,14 @@ class Gateway:
             retry_after = retry_after_s(upstream.headers)
         else:
             usage = provider.usage_from_response(call.operation, payload)
+            if self.keep_output_text:
+                call.output_text = provider.response_text(call.operation, payload)
             outcome = Outcome(
                 status_code=upstream.status,
                 usage=usage or estimated_usage(call, None, provider.response_text(call.operation, payload)),
                 estimated=usage is None,
                 response_model=payload.get("model") if isinstance(payload.get("model"), str) else None,
+                response_id=payload.get("id") if isinstance(payload.get("id"), str) else None,
                 finish_reason=provider.finish_reason(call.operation, payload),
             )
         event = self.recorder.record(call, outcome)
@@ -630,6 +637,8 @@ class Gateway:
         def record(status_code: int, cls: str | None = None, message: str | None = None) -> float | None:
             nonlocal recorded
             recorded = True
+            if self.keep_output_text:
+                call.output_text = "".join(meter.state.output_text_parts)
             outcome = outcome_of_stream(call, meter.state, status_code, ttft_ms)
             if cls is not None:
                 outcome.error_class, outcome.error_message = cls, message

@@ -159,6 +159,8 @@ class MessagesStreamMeter(StreamMeter):
             message = payload["message"]
             if isinstance(message.get("model"), str):
                 self.state.response_model = message["model"]
+            if isinstance(message.get("id"), str):
+                self.state.response_id = message["id"]
             self.usage_fields.update(message.get("usage"))
         elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]

@@ -49,6 +49,7 @@ class StreamState:
 
     usage: Usage | None = None
     response_model: str | None = None
+    response_id: str | None = None
     finish_reason: str | None = None
     output_text_parts: list[str] = field(default_factory=list)
     error_message: str | None = None

@@ -225,6 +225,8 @@ class ChatStreamMeter(StreamMeter):
             return event.raw
         if isinstance(chunk.get("model"), str):
             self.state.response_model = chunk["model"]
+        if isinstance(chunk.get("id"), str):
+            self.state.response_id = chunk["id"]
         usage = usage_from_openai(self.operation, chunk.get("usage"))
         if usage is not None:
             self.state.usage = usage
@@ -265,6 +267,8 @@ class ResponsesStreamMeter(StreamMeter):
             self.state.finish_reason = finish_reason_of("responses", response)
             if isinstance(response.get("model"), str):
                 self.state.response_model = response["model"]
+            if isinstance(response.get("id"), str):
+                self.state.response_id = response["id"]
             if kind == "response.failed":
                 self.state.error_class = "server_error"
         elif kind == "error":

@@ -127,6 +127,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the events table", _create_events),
     Migration(2, "add saved_usd (what a cache hit saved)", add_columns("saved_usd")),
     Migration(3, "add served_model (the model that served; differs from requested on a downgrade)", _add_served_model),
+    Migration(7, "add response_id (the provider's id for its answer, gen_ai.response.id)", add_columns("response_id")),
 )
 
 
