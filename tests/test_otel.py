@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ INGEST = "otel: {ingest: {enabled: true}}"
 APP = Path(__file__).with_name("otel_app.py")
 TRACEPARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT_SPAN = "00f067aa0ba902b7"
+RETRY_ONCE = {"x-mock-fault": "rate_limit", "x-mock-fault-times": "1", "x-mock-retry-after": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +477,8 @@ class OtlpSink:
 def test_content_is_exported_only_when_enabled(make_gateway) -> None:  # type: ignore[no-untyped-def]
     sink = OtlpSink()
     exporting = f"endpoint: {sink.url}, batch_delay_ms: 50, metrics_interval_s: 0.2"
-    gateway = make_gateway(extra=f"otel: {{export: {{enabled: true, capture_content: true, {exporting}}}}}")
+    retries = "resilience: {retries: 1, backoff: {initial_s: 0.01, max_s: 0.02}}"
+    gateway = make_gateway(extra=f"otel: {{export: {{enabled: true, capture_content: true, {exporting}}}}}\n{retries}")
     quiet = make_gateway(extra=f"otel: {{export: {{enabled: true, {exporting}}}}}")
     for service, user in ((gateway, "with-content"), (quiet, "without-content")):
         service.openai().chat.completions.create(
@@ -490,9 +493,23 @@ def test_content_is_exported_only_when_enabled(make_gateway) -> None:  # type: i
             extra_headers={"x-meterline-user": user},
         ):
             pass
+    retried = gateway.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "retry me"}],
+        extra_headers={"x-meterline-user": "retried", **RETRY_ONCE, "x-mock-fault-key": uuid.uuid4().hex},
+    )
+    retried_request = retried.headers["x-meterline-request-id"]
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (len(sink.spans()) < 8 or not sink.received["/v1/metrics"]):
+    while time.monotonic() < deadline and (len(sink.spans()) < 11 or not sink.received["/v1/metrics"]):
         time.sleep(0.1)
+    request_span, *attempt_spans = sorted(
+        (span for span in sink.spans() if span.trace_id.hex() == retried_request),
+        key=lambda span: span.kind != span.SPAN_KIND_SERVER,
+    )
+    assert request_span.kind == request_span.SPAN_KIND_SERVER and len(attempt_spans) == 2
+    assert {span.parent_span_id for span in attempt_spans} == {request_span.span_id}, "retries are siblings"
+    failed = next(span for span in attempt_spans if span.status.code == span.status.STATUS_CODE_ERROR)
+    assert {pair.key: pair.value.string_value for pair in failed.attributes}["error.type"] == "rate_limit"
     attempts = [
         {pair.key: pair.value for pair in span.attributes}
         for span in sink.spans()
@@ -504,6 +521,7 @@ def test_content_is_exported_only_when_enabled(make_gateway) -> None:  # type: i
     assert all(names.INPUT_MESSAGES not in attributes for attributes in by_user["without-content"])
     with_content = by_user["with-content"]
     assert len(with_content) == 2
+    assert len(by_user["retried"]) == 2
     for attributes in with_content:
         inputs = json.loads(attributes[names.INPUT_MESSAGES].string_value)
         outputs = json.loads(attributes[names.OUTPUT_MESSAGES].string_value)
