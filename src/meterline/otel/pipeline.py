@@ -4,7 +4,7 @@ Building and encoding spans and recording metrics with the OTel SDK costs a few 
 microseconds of CPU per call, and in a thread it would compete with the event loop for the GIL.
 So `ExportPipeline`, the gateway's `CallObserver`, only puts each finished call on a bounded
 queue (a full queue drops the call from export and counts it; its event is in the spool
-regardless). A sender thread takes calls off the queue in batches, reduces each to its events,
+regardless). A sender thread, waking every 50 ms, takes calls off the queue in batches, reduces each to its events,
 request parameters and (only with `capture_content`) its prompt and answer, encodes the batch
 as JSON and writes it to a pipe. A child process (`run_exporter`) decodes the batches and
 hands every call to `OtlpExporter`.
@@ -22,6 +22,7 @@ import multiprocessing
 import queue
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,6 +40,7 @@ from meterline.otel.spans import request_parameters
 log = logging.getLogger("meterline.otel.pipeline")
 
 BATCH_CALLS = 512
+SEND_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 60.0
 _STOP = object()
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -100,12 +102,21 @@ class ExportPipeline:
         )
 
     def _send_loop(self) -> None:
+        """Every `SEND_INTERVAL_S`, send what the queue holds, in batches of up to `BATCH_CALLS`.
+
+        The thread sleeps rather than waiting on the queue, so a finished call never wakes it: a
+        wake-up per call would cost the gateway's core a thread switch and a GIL hand-off each time.
+        """
         assert self._connection is not None
         stopping = False
         while not stopping:
+            time.sleep(SEND_INTERVAL_S)
             batch: Batch = []
-            item = self.queue.get()
-            while True:
+            while not stopping:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
                 if item is _STOP:
                     stopping = True
                     break
@@ -116,18 +127,19 @@ class ExportPipeline:
                     else {}
                 )
                 batch.append((events, request_parameters(body), content))
-                if len(batch) >= BATCH_CALLS:
-                    break
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch and not self._send(_encoder.encode(batch)):
-                self.dropped += len(batch)
-            else:
-                self.sent += len(batch)
+                if len(batch) == BATCH_CALLS:
+                    self._send_batch(batch)
+                    batch = []
+            if batch:
+                self._send_batch(batch)
         self._send(b"")
         self._connection.close()
+
+    def _send_batch(self, batch: Batch) -> None:
+        if self._send(_encoder.encode(batch)):
+            self.sent += len(batch)
+        else:
+            self.dropped += len(batch)
 
     def _send(self, payload: bytes) -> bool:
         assert self._connection is not None
