@@ -215,6 +215,62 @@ def test_a_call_cancelled_while_redis_reserves_releases_its_reservation(new_redi
     asyncio.run(scenario())
 
 
+def test_a_redis_counter_leases_room_and_admits_from_it_without_waiting_for_redis(new_redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    line = Line(new_redis_prefix() + "roomy", 60, limit_usd=100.0, limit_requests=1000)
+
+    async def scenario() -> None:
+        backend = RedisCounters(TEST_REDIS_URL)
+        await backend.start()
+        assert await backend.reserve([line], 1.0, 10, 0.0) is None  # checked in Redis, which also leases
+        # a tenth of the room left ($99) fits 9 more such calls: they are held in Redis as this process's lease
+        assert await backend.totals([line.key]) == [Totals(0.0, 10.0, 0, 100, 10, 0.0)]
+        local = backend.reserve([line], 1.0, 10, 0.0)
+        with pytest.raises(StopIteration) as finished:  # admitted from the lease: the coroutine never suspends
+            local.send(None)
+        assert finished.value.value is None
+        await backend.close()  # gives back the unused lease
+        reader = RedisCounters(TEST_REDIS_URL)
+        assert await reader.totals([line.key]) == [Totals(0.0, 2.0, 0, 20, 2, 0.0)]
+        await reader.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_its_lease_cannot_cover_gives_the_lease_back_before_redis_checks_it(new_redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    line = Line(new_redis_prefix() + "steps", 60, limit_usd=100.0, limit_requests=12)
+
+    async def scenario() -> None:
+        backend = RedisCounters(TEST_REDIS_URL)
+        await backend.start()
+        assert await backend.reserve([line], 1.0, 0, 0.0) is None  # leases one more $1 call (a tenth of 11 requests)
+        assert await backend.totals([line.key]) == [Totals(0.0, 2.0, 0, 0, 2, 0.0)]
+        assert await backend.reserve([line], 5.0, 0, 0.0) is None  # $5 is more than the lease holds: checked in Redis
+        # the $1 lease went back first, then the call and a new lease of one $5 call were reserved
+        assert await backend.totals([line.key]) == [Totals(0.0, 11.0, 0, 0, 3, 0.0)]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_processes_sharing_redis_counters_admit_exactly_up_to_the_limit(new_redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    prefix = new_redis_prefix()
+    lines = [Line(prefix + "requests", 60, limit_requests=200), Line(prefix + "usd", 60, limit_usd=12.5)]
+
+    async def scenario() -> None:
+        processes = [RedisCounters(TEST_REDIS_URL), RedisCounters(TEST_REDIS_URL)]
+        for process in processes:
+            await process.start()
+        admitted = 0
+        for _ in range(40):  # waves of concurrent calls on both, so each admits from its view between replies
+            results = await asyncio.gather(*(processes[n % 2].reserve(lines, 0.05, 0, 0.0) for n in range(16)))
+            admitted += sum(result is None for result in results)
+        assert admitted == 200  # 40 waves x 16 = 640 calls; the request limit binds (the USD one would at 250)
+        for process in processes:
+            await process.close()
+
+    asyncio.run(scenario())
+
+
 def test_seed_creates_only_missing_counters_and_first_time_is_once(counters: Backend) -> None:
     prefix = counters.prefix
 
