@@ -34,6 +34,11 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     )
 
 
+def per_million(tokens: int, price: float) -> float:
+    """What `tokens` cost at `price` USD per million tokens (how price tables state prices)."""
+    return tokens * price / 1_000_000
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,6 +112,12 @@ class GatewayService(Service):
             if len(data) >= expected or time.monotonic() > deadline:
                 return data
             time.sleep(0.05)
+
+    def only_event(self, **filters: Any) -> dict[str, Any]:
+        """The one stored event matching `filters` (e.g. a unique `user`)."""
+        events = self.events(**filters)
+        assert len(events) == 1, events
+        return events[0]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `meterline <args> --config meterline.yaml` against this gateway's config."""

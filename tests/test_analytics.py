@@ -8,6 +8,7 @@ expected figure below is written out from that table, not recomputed by the code
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -404,6 +405,33 @@ def test_forecast_projects_month_end_weekday_aware(analytics: Analytics) -> None
     assert "weekday" in result["method"] and "17 complete" in result["method"]
 
 
+def test_forecast_interval_and_groups(tmp_path: Path) -> None:
+    """Two weeks of history: team a spends $11 each day of the first week and $9 of the second, team b $5 a day."""
+    store = DuckDBStore(StoreConfig(path=tmp_path / "forecast.duckdb", spool_dir=tmp_path / "spool"))
+    store.open()
+    history = []
+    for day in range(14):
+        history.append(event(2 * day, 2 * day, at(1 + day, 12), MINI, 11.0 if day < 7 else 9.0, 100, team="a"))
+        history.append(event(2 * day + 1, 2 * day + 1, at(1 + day, 13), MINI, 5.0, 100, team="b"))
+    store.insert_events(events_to_arrow(history))
+    forecaster = Analytics(store, PriceTable.load(None, PRICING_IDS), [])
+    result = forecaster.run("forecast", {"until": "2026-03-15T00:00:00Z", "group_by": "team"}, Scope())
+    with pytest.raises(BadParameter, match="one dimension"):
+        forecaster.run("forecast", {"group_by": "team,app"}, Scope())
+    store.close()
+    # each weekday's mean is $15 (a: $10, b: $5); the days deviate from it by $1 either way, so
+    # sigma^2 = 14 x 1^2 / (14 days - 7 weekday means) = 2; 17 days are left (all of the 15th, then 16..31)
+    half_width = 1.6449 * math.sqrt(2) * math.sqrt(17)
+    assert result["month_to_date_usd"] == pytest.approx(14 * 15)
+    assert result["projected_month_end_usd"] == pytest.approx(14 * 15 + 17 * 15)
+    assert (result["low_usd"], result["high_usd"]) == pytest.approx((465 - half_width, 465 + half_width))
+    assert result["interval_level"] == 0.9 and "90% interval" in result["method"]
+    a, b = result["groups"]
+    assert (a["value"], a["projected_month_end_usd"]) == ("a", pytest.approx(14 * 10 + 17 * 10))
+    assert (a["low_usd"], a["high_usd"]) == pytest.approx((310 - half_width, 310 + half_width))
+    assert (b["value"], b["projected_month_end_usd"], b["low_usd"], b["high_usd"]) == ("b", 155, 155, 155)
+
+
 def test_cost_basis_current_reprices_from_the_price_table(analytics: Analytics) -> None:
     local = run(analytics, "spend", cost_basis="current", **{"filter[provider]": "local"})
     assert local["cost_basis"] == "current"
@@ -520,3 +548,54 @@ def test_the_api_needs_a_key_names_bad_parameters_and_answers_the_documented_sha
     }
     assert (row["feature"], row["property.tenant"], row["requests"]) == ("api-shape", "acme", 1)
     assert row["cost_usd"] > 0 and body["totals"]["cost_usd"] == row["cost_usd"] and body["cost_basis"] == "request"
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "clickhouse"])
+def test_current_cost_reprices_batch_and_service_tier_calls_at_their_own_prices(
+    kind: str, tmp_path: Path, chdb_folder: Path
+) -> None:
+    november = datetime(2026, 11, 2, 12, tzinfo=UTC)  # genai-prices lists tier and batch prices from October
+
+    def call(number: int, model: str, **fields: Any) -> UsageEvent:
+        return UsageEvent(
+            event_id=f"v{number}",
+            request_id=f"v{number}",
+            started_at=november,
+            ended_at=november,
+            duration_ms=1.0,
+            operation="chat",
+            provider="openai",
+            requested_model=model,
+            status_code=200,
+            input_tokens=1_000_000,
+            cost_usd=0.0,
+            **fields,
+        )
+
+    if kind == "duckdb":
+        store: Store = DuckDBStore(StoreConfig(path=tmp_path / "meterline.duckdb", spool_dir=tmp_path / "spool"))
+    else:
+        config = StoreConfig(kind="clickhouse", url=f"chdb://{chdb_folder}", database="variants", spool_dir=tmp_path)
+        store = ClickHouseStore(config)
+    store.open()
+    try:
+        store.insert_events(
+            events_to_arrow(
+                [
+                    call(1, "gpt-4o-mini"),
+                    call(2, "gpt-4o-mini", service_tier="default"),
+                    call(3, "gpt-4o-mini", service_tier="priority"),
+                    call(4, "gpt-4o-mini", batch_id="batch_1", service_tier="default"),
+                    call(5, "gpt-5-mini", service_tier="flex"),
+                ]
+            )
+        )
+        analytics = Analytics(store, PriceTable.load(None, PRICING_IDS), [])
+        window = {"since": "2026-11-01T00:00:00Z", "until": "2026-11-03T00:00:00Z", "cost_basis": "current"}
+        spend = analytics.run("spend", window, Scope())
+        # a million input tokens each: $0.15 standard (twice), $0.25 priority, $0.075 batch, $0.125 flex
+        assert spend["totals"]["cost_usd"] == pytest.approx(0.15 + 0.15 + 0.25 + 0.075 + 0.125)
+        models = by(analytics.run("spend", {**window, "group_by": "model"}, Scope())["rows"], "model")
+        assert models["gpt-5-mini"]["cost_usd"] == pytest.approx(0.125)
+    finally:
+        store.close()

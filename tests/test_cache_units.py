@@ -38,17 +38,20 @@ CHAT = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content":
 
 
 def test_the_key_ignores_order_stream_flag_and_end_user_but_not_what_changes_the_answer() -> None:
-    key = request_key("chat", "m", CHAT, [""])
-    assert request_key("chat", "m", dict(reversed(list(CHAT.items()))), [""]) == key
-    assert request_key("chat", "m", {**CHAT, "user": "alice", "metadata": {"a": 1}}, [""]) == key
-    assert request_key("chat", "m", {**CHAT, "stream": False}, [""]) == key
-    assert request_key("chat", "m", {**CHAT, "stream": True}, [""]) != key  # a stream is stored apart
+    key = request_key("chat", "m", CHAT, [""], False)
+    assert request_key("chat", "m", dict(reversed(list(CHAT.items()))), [""], False) == key
+    assert request_key("chat", "m", {**CHAT, "user": "alice", "metadata": {"a": 1}}, [""], False) == key
+    assert request_key("chat", "m", {**CHAT, "stream": False}, [""], False) == key
+    assert request_key("chat", "m", {**CHAT, "stream": True}, [""], True) != key  # a stream is stored apart
+    assert request_key("generate_content", "m", {"contents": []}, [""], True) != request_key(
+        "generate_content", "m", {"contents": []}, [""], False
+    ), "a Gemini stream (the URL says so, not the body) is stored apart too"
     different = [
-        request_key("chat", "other", CHAT, [""]),
-        request_key("responses", "m", CHAT, [""]),
-        request_key("chat", "m", {**CHAT, "temperature": 0.5}, [""]),
-        request_key("chat", "m", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, [""]),
-        request_key("chat", "m", CHAT, ["beta-1"]),
+        request_key("chat", "other", CHAT, [""], False),
+        request_key("responses", "m", CHAT, [""], False),
+        request_key("chat", "m", {**CHAT, "temperature": 0.5}, [""], False),
+        request_key("chat", "m", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, [""], False),
+        request_key("chat", "m", CHAT, ["beta-1"], False),
     ]
     assert key not in different and len(set(different)) == len(different)
 
@@ -68,15 +71,17 @@ def test_the_semantic_prompt_is_the_last_user_message_and_the_rest_must_agree() 
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": [{"type": "text", "text": "second question"}]},
     ]
-    text, context = semantic_prompt("chat", "m", {"model": "m", "messages": messages}) or ("", "")
+    text, context = semantic_prompt("chat", "m", {"model": "m", "messages": messages}, False) or ("", "")
     assert text == "second question"
     changed = [*messages[:3], {"role": "user", "content": "another question"}]
-    assert semantic_prompt("chat", "m", {"model": "m", "messages": changed}) == ("another question", context)
+    assert semantic_prompt("chat", "m", {"model": "m", "messages": changed}, False) == ("another question", context)
     other_system = [{"role": "system", "content": "be long"}, *messages[1:]]
-    assert semantic_prompt("chat", "m", {"model": "m", "messages": other_system})[1] != context  # type: ignore[index]
-    assert semantic_prompt("completion", "m", {"prompt": "a prompt"})[0] == "a prompt"  # type: ignore[index]
-    assert semantic_prompt("chat", "m", {"messages": [{"role": "system", "content": "x"}]}) is None
-    assert semantic_prompt("embeddings", "m", {"input": "x"}) is None
+    assert semantic_prompt("chat", "m", {"model": "m", "messages": other_system}, False)[1] != context  # type: ignore[index]
+    assert semantic_prompt("completion", "m", {"prompt": "a prompt"}, False)[0] == "a prompt"  # type: ignore[index]
+    assert semantic_prompt("chat", "m", {"messages": [{"role": "system", "content": "x"}]}, False) is None
+    assert semantic_prompt("embeddings", "m", {"input": "x"}, False) is None
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "what is a token"}]}]}
+    assert semantic_prompt("generate_content", "m", gemini, True)[0] == "what is a token"  # type: ignore[index]
 
 
 def test_policy_caches_deterministic_calls_and_obeys_the_header_and_rules() -> None:
@@ -94,10 +99,11 @@ def test_policy_caches_deterministic_calls_and_obeys_the_header_and_rules() -> N
     )
     policy = CachePolicy(config)
 
-    def decide(header: str | None = None, feature: str | None = None, model: str = "m", **body: object):  # type: ignore[no-untyped-def]
-        return policy.decide("chat", model, feature, {**CHAT, **body}, header)
+    def decide(header: str | None = None, feature: str | None = None, model: str = "m", temperature: float = 0):  # type: ignore[no-untyped-def]
+        return policy.decide("chat", model, feature, temperature, header)
 
     assert (decide().action, decide().ttl_s, decide().semantic) == ("lookup", 60, False)
+    assert policy.decide("chat", "m", None, None, None).action == "bypass", "no temperature: the provider's default, 1"
     assert decide(temperature=0.2).action == "bypass"
     assert decide("on", temperature=0.2).action == "lookup"
     assert decide("off").action == "bypass"
@@ -106,7 +112,7 @@ def test_policy_caches_deterministic_calls_and_obeys_the_header_and_rules() -> N
     assert decide(feature="slow").ttl_s == 5
     assert decide("semantic").semantic is True
     assert decide("on", model="big").action == "bypass"
-    assert policy.decide("embeddings", "m", None, {"input": "x"}, None).action == "lookup"
+    assert policy.decide("embeddings", "m", None, None, None).action == "lookup"
     with pytest.raises(CacheHeaderInvalid, match="on, off, refresh, semantic"):
         decide("yes")
     opt_in = CachePolicy(parse_config("cache: {default: off, max_temperature: null}", Path(".")).cache)

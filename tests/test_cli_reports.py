@@ -64,8 +64,11 @@ def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, 
     report = gateway.cli("report", "--period", "week", "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     html = next((tmp_path / "report").glob("report-week-*.html")).read_text()
-    for heading in ("Cost trend", "Top features", "Top users", "Cache hit rate by feature", "Cost of errors by class"):
+    headings = ("Findings: where money leaks", "Forecast for", "Cost trend", "Top features", "Top users",
+                "Cache hit rate by feature", "Cost of errors by class")  # fmt: skip
+    for heading in headings:
         assert heading in html
+    assert "90% interval" in html and "team-b" in html
     assert "summarize" in html and "Plotly.newPlot" in html
     with (tmp_path / "report" / "showback-team.csv").open() as file:
         showback = {row["team"]: row for row in csv.DictReader(file)}
@@ -73,6 +76,12 @@ def test_top_report_export_agree_with_the_api_with_and_without_a_server(seeded, 
         name = row["team"] or "(unattributed)"
         assert float(showback[name]["cost_usd"]) == pytest.approx(row["cost_usd"])
         assert int(showback[name]["requests"]) == row["requests"]
+
+    with (tmp_path / "report" / "chargeback.csv").open() as file:
+        chargeback = {(row["team"], row["app"]): row for row in csv.DictReader(file)}
+    assert {team for team, _ in chargeback} == {"team-a", "team-b", ""}  # the unattributed call: empty cells
+    assert int(chargeback["team-b", ""]["users"]) == 2  # alice and carol
+    assert json.loads((tmp_path / "report" / "chargeback.json").read_text())["group_by"] == ["team", "app"]
 
     exported = tmp_path / "events.jsonl"
     result = gateway.cli("export", "--since", "1d", "--format", "jsonl", "--out", str(exported))
@@ -98,3 +107,18 @@ def test_bad_dimension_is_a_clear_error(seeded) -> None:  # type: ignore[no-unty
     result = seeded.cli("top", "--by", "colour")
     assert result.returncode != 0
     assert "colour" in result.stderr and "feature" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_insights_cli_table_and_json(seeded) -> None:  # type: ignore[no-untyped-def]
+    """The call with no attribution is a finding once the threshold is $0; the table and the JSON agree."""
+    as_json = seeded.cli("insights", "--since", "1d", "--min-usd", "0", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    findings = json.loads(as_json.stdout)["findings"]
+    unattributed = next(f for f in findings if f["detector"] == "unattributed_spend")
+    assert unattributed["where"] == {"key_id": "master", "app": None}
+    table = seeded.cli("insights", "--since", "1d", "--min-usd", "0", "--detector", "unattributed_spend")
+    assert table.returncode == 0 and "unattributed_spend" in table.stdout and "x-meterline-feature" in table.stdout
+    quiet = seeded.cli("insights", "--since", "1d")
+    assert quiet.returncode == 0 and "no findings over $1.00 a month" in quiet.stdout
+    bad = seeded.cli("insights", "--detector", "nope")
+    assert bad.returncode == 1 and "unknown value 'nope'" in bad.stderr

@@ -134,7 +134,7 @@ def test_chat_content_parts_and_limits(mock_url: str) -> None:
     completion = client.chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": parts}], max_completion_tokens=5
     )
-    assert completion.usage.prompt_tokens == 5
+    assert completion.usage.prompt_tokens == 3 + 2 + 85  # message overhead, two words, a low-detail image
     assert (completion.usage.completion_tokens, completion.choices[0].finish_reason) == (5, "length")
     completion = client.chat.completions.create(**CHAT, max_tokens=50, extra_headers={"x-mock-output-tokens": "3"})
     assert (completion.choices[0].message.content, completion.choices[0].finish_reason) == ("word0 word1 word2", "stop")

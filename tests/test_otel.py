@@ -320,6 +320,11 @@ otel:
     assert first["trace_id"] == TRACEPARENT_TRACE, "the client's traceparent joins the gateway's spans to its trace"
     second = next(event for event in received if event["user"] == "bob")
     assert second["trace_id"] == by_span[second["span_id"]]["request_id"]
+    assert exporter.process is not None
+    gateway_niceness = os.getpriority(os.PRIO_PROCESS, exporter.process.pid)
+    children = Path(f"/proc/{exporter.process.pid}/task/{exporter.process.pid}/children").read_text().split()
+    (export_process,) = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert os.getpriority(os.PRIO_PROCESS, export_process) == gateway_niceness + 10, "export yields to requests"
 
 
 def test_exported_spans_and_metrics_carry_the_semconv_names(gateway: GatewayService) -> None:

@@ -1,4 +1,5 @@
-"""The price table: snapshot prices, dated changes, tiers, off-peak hours, overrides, discounts and checks.
+"""The price table: snapshot prices, dated changes, tiers, off-peak hours, batch and service-tier prices,
+overrides, discounts and checks.
 
 Expected costs are worked out by hand from the prices published in the bundled genai-prices
 snapshot (USD per million tokens), and cross-checked against genai-prices' own calculator.
@@ -14,11 +15,14 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from meterline.config import ConfigError
+from meterline.events.schema import UsageEvent
 from meterline.pricing.rates import ModelRates, cost_usd
 from meterline.pricing.table import PERIODS_SCHEMA, PriceTable
+from meterline.pricing.variants import BATCH, pricing_variant, tier_variant
 
 PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "deepseek": "deepseek", "local": None}
 SEPT = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
+NOV = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)  # after genai-prices' tier (12 Oct) and batch (14 Oct) prices start
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,10 @@ def with_overrides(tmp_path: Path, text: str, providers: dict[str, str | None] =
     return PriceTable.load(path, providers)
 
 
-def cost(table: PriceTable, provider: str, model: str, at: datetime = SEPT, **tokens: int) -> float | None:
-    priced = table.price(provider, model, at, **{"input_tokens": 0, "output_tokens": 0, **tokens})
+def cost(
+    table: PriceTable, provider: str, model: str, at: datetime = SEPT, variant: str = "", **tokens: int
+) -> float | None:
+    priced = table.price(provider, model, at, variant=variant, **{"input_tokens": 0, "output_tokens": 0, **tokens})
     return None if priced is None else priced.cost_usd
 
 
@@ -307,7 +313,9 @@ def test_unknown_pricing_provider_is_a_config_error() -> None:
 
 
 def test_periods_arrow_rows_carry_resolved_rates_and_tiers(table: PriceTable) -> None:
-    periods = table.periods_arrow([("openai", "o3"), ("anthropic", "claude-sonnet-4-5"), ("local", "nothing")])
+    periods = table.periods_arrow(
+        [("openai", "o3", ""), ("anthropic", "claude-sonnet-4-5", ""), ("local", "nothing", "")]
+    )
     assert periods.schema == PERIODS_SCHEMA
     rows = periods.to_pylist()
     assert [(row["model"], row["input_mtok"], row["cache_write_mtok"]) for row in rows] == [
@@ -325,7 +333,8 @@ def test_describe_shows_each_period_kind_and_source(table: PriceTable) -> None:
     assert "until 2025-06-10  [genai-prices openai/o3]" in text
     assert "from 2025-06-10  [genai-prices openai/o3]" in text
     assert "cache read      $0.5" in text
-    assert "service_tier=flex" in text  # says which genai-prices prices are not applied
+    assert "service tier flex calls:" in text and "[genai-prices openai/o3 (service_tier=flex)]" in text
+    assert "batch calls:" in text
     assert "above 200,000 input tokens" in table.describe(None, "claude-sonnet-4-5")
     assert "no configured provider has a price" in table.describe(None, "mistral-small-latest")
 
@@ -342,3 +351,116 @@ def test_cost_usd_falls_back_to_input_rates_for_cache_kinds() -> None:
     ) == pytest.approx((1_000 * 2 + 10 * 8) / 1e6)
     with pytest.raises(ValueError, match="tier_cache_read"):
         ModelRates(input=1, output=1, cache_read=0.1, tier_threshold=10, tier_input=2, tier_output=2)
+
+
+def test_batch_and_tier_calls_pay_genai_prices_variant_prices(table: PriceTable) -> None:
+    tokens = {"input_tokens": 10_000, "output_tokens": 2_000, "cache_read_tokens": 4_000}
+    # gpt-5-mini flex: 6,000 uncached x $0.125 + 4,000 cached x $0.0125 + 2,000 output x $1
+    flex = cost(table, "openai", "gpt-5-mini", NOV, tier_variant("flex"), **tokens)
+    assert flex == pytest.approx((6_000 * 0.125 + 4_000 * 0.0125 + 2_000 * 1.0) / 1e6)
+    # gpt-4o-mini batch: $0.075 input and $0.30 output; genai-prices lists no cached batch rate, so the standard $0.075
+    batch = cost(table, "openai", "gpt-4o-mini", NOV, BATCH, **tokens)
+    assert batch == pytest.approx((6_000 * 0.075 + 4_000 * 0.075 + 2_000 * 0.3) / 1e6)
+    for variant, context in ((tier_variant("flex"), {"service_tier": "flex"}), (BATCH, {"processing": "batch"})):
+        for model in ("gpt-5-mini", "gpt-4o-mini", "o3"):
+            theirs = calc_price(
+                Usage(**tokens), model, provider_id="openai", genai_request_timestamp=NOV, price_context=context
+            )
+            assert cost(table, "openai", model, NOV, variant, **tokens) == pytest.approx(float(theirs.total_price))
+    # a tier genai-prices has no price for (Anthropic's Priority Tier is negotiated) pays the standard price
+    assert cost(table, "anthropic", "claude-haiku-4-5", NOV, tier_variant("priority"), **tokens) == cost(
+        table, "anthropic", "claude-haiku-4-5", NOV, **tokens
+    )
+
+
+def test_batch_calls_before_genai_prices_lists_batch_prices_pay_half_the_standard_price(table: PriceTable) -> None:
+    # 6,000 uncached x $0.075 + 4,000 cached x $0.0375 + 2,000 output x $0.30: half of every standard rate
+    tokens = {"input_tokens": 10_000, "output_tokens": 2_000, "cache_read_tokens": 4_000}
+    assert cost(table, "openai", "gpt-4o-mini", SEPT, BATCH, **tokens) == pytest.approx(
+        (6_000 * 0.075 + 4_000 * 0.0375 + 2_000 * 0.3) / 1e6
+    )
+    (before, after) = table.periods("openai", "gpt-4o-mini", BATCH)
+    assert before.source == "genai-prices openai/gpt-4o-mini (meterline's default batch price, 50% of standard)"
+    assert after.source == "genai-prices openai/gpt-4o-mini (processing=batch)"
+
+
+def test_an_event_pays_the_price_of_its_tier_or_batch(table: PriceTable) -> None:
+    def event(**fields: object) -> UsageEvent:
+        return UsageEvent(
+            event_id="e",
+            request_id="r",
+            started_at=NOV,
+            ended_at=NOV,
+            duration_ms=0,
+            operation="chat",
+            provider="openai",
+            requested_model="gpt-4o-mini",
+            status_code=200,
+            input_tokens=1_000_000,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    assert table.price_event(event()).cost_usd == pytest.approx(0.15)  # type: ignore[union-attr]
+    assert table.price_event(event(service_tier="default")).cost_usd == pytest.approx(0.15)  # type: ignore[union-attr]
+    assert table.price_event(event(service_tier="priority")).cost_usd == pytest.approx(0.25)  # type: ignore[union-attr]
+    batch = event(batch_id="batch_1", service_tier="default")
+    assert table.price_event(batch).cost_usd == pytest.approx(0.075)  # type: ignore[union-attr]
+    assert (pricing_variant("default", "batch_1"), pricing_variant("batch", None)) == (BATCH, BATCH)
+
+
+def test_variant_overrides_beat_genai_prices_and_a_model_override_keeps_only_overrides(tmp_path: Path) -> None:
+    table = with_overrides(
+        tmp_path,
+        """
+models:
+  - {provider: openai, model: gpt-4.1, input_mtok: 1.0, output_mtok: 4.0}
+variants:
+  - {provider: openai, processing: batch, models: ["gpt-5*"], percent_of_standard: 40}
+  - {provider: openai, service_tier: flex, models: ["gpt-5-mini"], input_mtok: 0.1, output_mtok: 0.8,
+     effective_from: 2026-11-01}
+  - {provider: anthropic, service_tier: priority, percent_of_standard: 125}
+discounts:
+  - {provider: openai, models: ["gpt-5-mini"], percent: 10}
+""",
+    )
+    million = {"input_tokens": 1_000_000}
+    # 40% of gpt-5-mini's $0.25, then the 10% discount
+    assert cost(table, "openai", "gpt-5-mini", NOV, BATCH, **million) == pytest.approx(0.25 * 0.4 * 0.9)
+    # the flex override from 1 November; before it genai-prices' flex price ($0.125); the discount on top of both
+    assert cost(table, "openai", "gpt-5-mini", NOV, tier_variant("flex"), **million) == pytest.approx(0.1 * 0.9)
+    october = datetime(2026, 10, 20, tzinfo=UTC)
+    assert cost(table, "openai", "gpt-5-mini", october, tier_variant("flex"), **million) == pytest.approx(0.125 * 0.9)
+    # gpt-4.1's standard price is overridden: genai-prices' batch and priority prices no longer apply to it
+    assert cost(table, "openai", "gpt-4.1", NOV, BATCH, **million) == pytest.approx(0.5)
+    assert cost(table, "openai", "gpt-4.1", NOV, tier_variant("priority"), **million) == pytest.approx(1.0)
+    assert cost(table, "anthropic", "claude-haiku-4-5", NOV, tier_variant("priority"), **million) == pytest.approx(1.25)
+    text = table.describe("openai", "gpt-5-mini")
+    assert "at 40% (variants[0]) + discount 10% (discounts[0])" in text
+    assert "[override variants[1] + discount 10% (discounts[0])]" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "variants:\n  - {provider: openai, percent_of_standard: 50}",
+            "variants[0] (openai): give exactly one of processing: batch or service_tier",
+        ),
+        (
+            "variants:\n  - {provider: openai, processing: batch}",
+            "variants[0] (openai/batch): give either percent_of_standard or input_mtok and output_mtok",
+        ),
+        (
+            "variants:\n  - {provider: openai, service_tier: flex, percent_of_standard: 50, input_mtok: 1}",
+            "variants[0] (openai/flex): give either percent_of_standard or input_mtok and output_mtok",
+        ),
+        (
+            "variants:\n  - {provider: openai, processing: online, percent_of_standard: 50}",
+            "variants[0] (openai/online).processing: Input should be 'batch'",
+        ),
+    ],
+)
+def test_malformed_variant_overrides_name_the_entry(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        with_overrides(tmp_path, text)
+    assert expected in str(error.value)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pytest
 
@@ -28,7 +29,7 @@ from meterline.events.schema import UsageEvent, encode_event, events_to_arrow
 from meterline.events.spool import SpoolWriter
 from meterline.pricing.table import PriceTable
 from meterline.store.base import EventQuery, StoreUnavailable, store_for
-from meterline.store.clickhouse import ClickHouseStore
+from meterline.store.clickhouse import MIGRATIONS, ClickHouseStore
 from meterline.store.clickhouse_sql import to_clickhouse
 from meterline.store.clickhouse_transport import HttpTransport, TransportError
 from meterline.store.duckdb import DuckDBStore
@@ -158,8 +159,24 @@ def test_schema_is_a_replacing_merge_tree_by_month_ordered_for_time_team_feature
         ddl = table_definition(reopened)
         assert (expected in ddl) if expected else (" TTL " not in ddl)
         versions = reopened.query(f"SELECT version FROM {clickhouse.database}.schema_migrations", {})
-        assert versions["version"].to_pylist() == [1]
+        assert sorted(versions["version"].to_pylist()) == [migration.version for migration in MIGRATIONS]
         reopened.close()
+
+
+def test_a_migration_adds_the_columns_an_older_table_lacks(clickhouse: ClickHouseStore) -> None:
+    event = generated_events(1)[0]
+    clickhouse.insert_events(events_to_arrow([event]))
+    database = clickhouse.database
+    transport = clickhouse._open_transport()  # make it a table written before migration 9
+    for column in ("service_tier", "batch_id"):
+        transport.command(f"ALTER TABLE {database}.events DROP COLUMN {column}")
+    transport.command(f"ALTER TABLE {database}.schema_migrations DELETE WHERE version = 9 SETTINGS mutations_sync = 1")
+    clickhouse.close()
+    clickhouse.open()
+    (stored,) = clickhouse.list_events(EventQuery()).events
+    assert stored == event and (stored.service_tier, stored.batch_id) == (None, None)
+    tiered = msgspec.structs.replace(event, event_id="tiered", service_tier="flex")
+    assert clickhouse.insert_events(events_to_arrow([tiered])) == 1
 
 
 def test_inserts_are_idempotent_by_event_id_and_count_new_rows(clickhouse: ClickHouseStore) -> None:
@@ -277,8 +294,12 @@ ENDPOINT_CALLS: list[tuple[str, dict[str, str]]] = [
     ("agents/runs/run-3", {}),
     ("requests/req-000042", {}),
     ("forecast", {}),
+    ("forecast", {"group_by": "team"}),
     ("events", {"limit": "25", "team": "growth"}),
     ("prices", {}),
+    ("insights", {"min_usd": "0"}),
+    ("chargeback", {"group_by": "team,app"}),
+    ("usage/daily", {}),
 ]
 
 

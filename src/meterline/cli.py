@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -179,6 +179,9 @@ def store_migrate(config_path: Path) -> None:
     "--fault-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="Share of faulted calls."
 )
 @click.option("--require-key", help="Refuse requests that do not carry this API key.")
+@click.option(
+    "--batch-delay-s", type=click.FloatRange(0), default=2.0, show_default=True, help="How long a batch runs."
+)
 def mock_provider(
     host: str,
     port: int,
@@ -188,14 +191,19 @@ def mock_provider(
     fault: str | None,
     fault_rate: float,
     require_key: str | None,
+    batch_delay_s: float,
 ) -> None:
-    """Run a fake LLM provider speaking the OpenAI and Anthropic wire formats.
+    """Run a fake LLM provider speaking the OpenAI, Anthropic, Gemini and Azure OpenAI wire formats.
 
     Deterministic token counts, configurable latency and fault injection, for demos,
     load tests and CI. Per-request headers: x-mock-fault (with x-mock-fault-times,
     x-mock-fault-key, x-mock-fault-model, x-mock-retry-after, x-mock-timeout-s),
-    x-mock-output-tokens, x-mock-cached-tokens, x-mock-cache-write-tokens,
-    x-mock-reasoning-tokens.
+    x-mock-output-tokens, x-mock-prompt-tokens, x-mock-cached-tokens,
+    x-mock-cache-write-tokens, x-mock-reasoning-tokens, x-mock-service-tier,
+    x-mock-tool-use-prompt-tokens (Gemini), x-mock-model (the model Gemini and Azure
+    answers report), x-mock-compat: vllm|deepseek|groq|together|mistral|openrouter (answer
+    OpenAI-format calls as that server does); on a batch's create request
+    x-mock-batch-delay-s (and the others, applied to each of its requests).
 
     \b
     Examples:
@@ -213,6 +221,7 @@ def mock_provider(
         fault=fault,
         fault_rate=fault_rate,
         require_key=require_key,
+        batch_delay_s=batch_delay_s,
     )
     run_mock_provider(host, port, settings)
 
@@ -249,10 +258,11 @@ def prices() -> None:
 
 def _price_table(config: Config) -> PriceTable:
     from meterline.pricing.table import PriceTable
-    from meterline.providers.base import pricing_ids
+    from meterline.providers.base import deployment_models, pricing_ids
 
     try:
-        return PriceTable.load(config.pricing.overrides, pricing_ids(config.providers))
+        providers = config.providers
+        return PriceTable.load(config.pricing.overrides, pricing_ids(providers), deployment_models(providers))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -307,6 +317,19 @@ def _source(config_path: Path) -> AnalyticsSource:
         raise click.ClickException(str(exc)) from exc
 
 
+def _fetch(config_path: Path, *calls: tuple[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The bodies of analytics calls (endpoint, parameters), from the running server or else the store."""
+    from meterline.analytics.source import SourceError
+
+    source = _source(config_path)
+    try:
+        return [source.get(endpoint, params) for endpoint, params in calls]
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        source.close()
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option(
@@ -331,16 +354,8 @@ def top(config_path: Path, dimension: str, since: str, until: str | None, limit:
     from rich.console import Console
     from rich.table import Table
 
-    from meterline.analytics.source import SourceError
-
-    source = _source(config_path)
     params = {"by": dimension, "since": since, "limit": str(limit), **({"until": until} if until else {})}
-    try:
-        result = source.get("top", params)
-    except SourceError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        source.close()
+    (result,) = _fetch(config_path, ("top", params))
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
@@ -366,7 +381,8 @@ def top(config_path: Path, dimension: str, since: str, until: str | None, limit:
     show_default=True,
 )
 def report(config_path: Path, period: str, out_dir: Path) -> None:
-    """Build the weekly (or monthly) review: an HTML report and showback CSVs per team, app, feature.
+    """Build the weekly (or monthly) review: an HTML report (findings, forecast, spend), showback CSVs per
+    team, app and feature, and chargeback per team and app per month as CSV and JSON.
 
     \b
     Examples:
@@ -392,9 +408,11 @@ def report(config_path: Path, period: str, out_dir: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         source.close()
-    click.echo(f"report:   {written.html}")
+    click.echo(f"report:     {written.html}")
     for path in written.csvs:
-        click.echo(f"showback: {path}")
+        click.echo(f"showback:   {path}")
+    for path in written.chargeback:
+        click.echo(f"chargeback: {path}")
 
 
 @main.command()
@@ -431,6 +449,186 @@ def export(config_path: Path, since: str, until: str | None, file_format: str, o
     finally:
         source.close()
     click.echo(f"wrote {count} events to {out_path}")
+
+
+def _usd(value: float | None) -> str:
+    return "" if value is None else f"${value:,.2f}"
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since", default="7d", show_default=True, help="ISO time or a span back from now (24h, 7d, 30d).")
+@click.option("--until", help="ISO time (default: now).")
+@click.option("--detector", "detectors", multiple=True, help="Only this detector (repeatable; default: all).")
+@click.option("--min-usd", type=float, default=1.0, show_default=True, help="Leave out findings costing less a month.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+def insights(
+    config_path: Path, since: str, until: str | None, detectors: tuple[str, ...], min_usd: float, as_json: bool
+) -> None:
+    """Find the waste: retries, uncached system prompts, oversized models, re-embedded inputs, growing
+    context, looping agents, unattributed spend and unbounded answers, each priced per month.
+
+    Detectors: retry_amplifier, system_prompt_tax, model_mismatch, embedding_leak, context_growth,
+    agent_loops, unattributed_spend, output_bloat. Reads from the running server when one answers
+    at the configured address, otherwise opens the store read-only.
+
+    \b
+    Examples:
+      meterline insights --since 7d
+      meterline insights --since 30d --detector system_prompt_tax --detector model_mismatch --json
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    params = {"since": since, "min_usd": str(min_usd), **({"until": until} if until else {})}
+    if detectors:
+        params["detector"] = ",".join(detectors)
+    (result,) = _fetch(config_path, ("insights", params))
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not result["findings"]:
+        click.echo(f"no findings over ${min_usd:,.2f} a month since {result['since']}")
+        return
+    table = Table(
+        box=box.SIMPLE,
+        show_lines=True,
+        title=f"{len(result['findings'])} findings, {result['window_days']:.1f} days from {result['since'][:16]} UTC",
+        caption=f"$/month: the window's rate over {result['month_days']} days",
+    )
+    for column, justify in (("$/month", "right"), ("saving", "right"), ("detector", "left"), ("what and fix", "left")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for finding in result["findings"]:
+        where = ", ".join(f"{name} {value}" for name, value in finding["where"].items() if isinstance(value, str))
+        text = f"{escape(finding['summary'])}\n[dim]{escape(where)}[/dim]\nfix: {escape(finding['fix'])}"
+        if finding["assumptions"]:
+            text += f"\n[dim]{escape(finding['assumptions'])}[/dim]"
+        table.add_row(_usd(finding["usd_per_month"]), _usd(finding["saving_usd_per_month"]), finding["detector"], text)
+    Console(width=160).print(table)
+    totals = f"total {_usd(result['total_usd_per_month'])} a month, "
+    click.echo(totals + f"estimated saving {_usd(result['total_saving_usd_per_month'])} a month")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--invoice",
+    "invoices",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A provider export: OpenAI costs/usage (API JSON or dashboard CSV), Anthropic cost/usage report "
+    "(API JSON or CSV). Repeatable, e.g. a cost and a usage export.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def reconcile(config_path: Path, invoices: tuple[Path, ...], as_json: bool) -> None:
+    """Compare what meterline metered with what a provider billed, per model and UTC day, and explain the gaps.
+
+    Gaps are put down to traffic that bypassed the gateway (tokens billed but never metered),
+    unpriced models, prices that changed since the calls were recorded, or prices that differ
+    from the bill (a discount or change missing from the price overrides). Exit status 2 when a
+    row does not match.
+
+    \b
+    Examples:
+      meterline reconcile --invoice openai-costs.csv
+      meterline reconcile --invoice anthropic-usage.json --invoice anthropic-cost.json --json
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from meterline.analytics.invoices import InvoiceError, read_invoices
+    from meterline.analytics.reconcile import invoice_window
+    from meterline.analytics.reconcile import reconcile as line_up
+    from meterline.providers.base import pricing_ids
+
+    config = _load(config_path)
+    try:
+        billed = read_invoices(invoices)
+    except InvoiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not billed:
+        raise click.ClickException("the export files hold no billed lines")
+    first, after = invoice_window(billed)
+    window = {"since": f"{first.isoformat()}T00:00:00Z", "until": f"{after.isoformat()}T00:00:00Z"}
+    families = pricing_ids(config.providers)
+    recorded, current = _fetch(
+        config_path, ("usage/daily", window), ("usage/daily", {**window, "cost_basis": "current"})
+    )
+    result = line_up(billed, recorded["rows"], current["rows"], lambda provider: families.get(provider, provider))
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        table = Table(box=box.SIMPLE, title=f"metered vs billed, {result['since']} to {result['until']} (UTC days)")
+        for column in ("day", "provider", "model", "metered", "billed", "gap", "tokens metered / billed", "why"):
+            table.add_column(column, overflow="fold")
+        for row in result["rows"]:
+            metered, billed_row = row["metered"] or {}, row["billed"] or {}
+            billed_tokens = (
+                None
+                if billed_row.get("input_tokens") is None
+                else billed_row["input_tokens"] + (billed_row.get("output_tokens") or 0)
+            )
+            tokens = f"{metered.get('tokens', 0):,} / " + ("—" if billed_tokens is None else f"{billed_tokens:,}")
+            table.add_row(
+                row["day"],
+                row["provider"],
+                row["model"],
+                _usd(metered.get("cost_usd", 0.0)),
+                _usd(billed_row.get("cost_usd")),
+                _usd(row["gap_usd"]),
+                tokens,
+                row["explanation"],
+            )
+        Console(width=180).print(table)
+        totals = result["totals"]
+        click.echo(
+            f"{totals['matched_rows']} of {totals['rows']} rows match; metered {_usd(totals['metered_usd'])}, "
+            f"billed {_usd(totals['billed_usd']) or 'n/a (usage export only)'}"
+        )
+    if result["totals"]["matched_rows"] < result["totals"]["rows"]:
+        sys.exit(2)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--month", help="A UTC calendar month, YYYY-MM (default: this month so far).")
+@click.option("--months", type=click.IntRange(1, 36), default=1, show_default=True, help="Months from --month on.")
+@click.option("--by", "dimensions", default="team,app", show_default=True, help="Comma-separated dimensions.")
+@click.option("--format", "file_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Default: chargeback-<month>.<format>."
+)
+def chargeback(
+    config_path: Path, month: str | None, months: int, dimensions: str, file_format: str, out_path: Path | None
+) -> None:
+    """Chargeback: spend per team and app per month with unit economics (per request, per user, per 1k tokens).
+
+    \b
+    Examples:
+      meterline chargeback --month 2026-03
+      meterline chargeback --month 2026-01 --months 3 --by team,app,feature --format json --out q1.json
+    """
+    from datetime import UTC, datetime
+
+    from meterline.analytics.chargeback import write_chargeback
+
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC) if month else None
+    except ValueError as exc:
+        raise click.ClickException(f"--month must be YYYY-MM, e.g. 2026-03; got {month!r}") from exc
+    now = datetime.now(UTC)
+    start = start or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    index = start.year * 12 + start.month - 1 + months
+    end = start.replace(year=index // 12, month=index % 12 + 1)
+    params = {"since": start.isoformat(), "until": min(end, now).isoformat(), "group_by": dimensions}
+    (body,) = _fetch(config_path, ("chargeback", params))
+    path = out_path or Path(f"chargeback-{start:%Y-%m}.{file_format}")
+    write_chargeback(body, path, file_format)
+    click.echo(f"wrote {len(body['rows'])} rows ({', '.join(body['group_by'])} per month) to {path}")
 
 
 @main.group()
@@ -864,6 +1062,13 @@ def alerts_list(config_path: Path, state: str | None, limit: int, as_json: bool)
     "runaway_user, model_swap, cache_breakage, provider_outage.",
 )
 @click.option("--per-type", type=click.IntRange(1, 20), default=2, show_default=True, help="Incidents of each type.")
+@click.option(
+    "--leaks",
+    default="none",
+    show_default=True,
+    help="Comma-separated leaks for the insights to find, 'all' or 'none': retry_amplifier, system_prompt_tax, "
+    "model_mismatch, embedding_leak, context_growth, agent_loops, unattributed_spend, output_bloat.",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--end", "end_text", help="ISO time the traffic ends at (default: the current hour).")
 def simulate(
@@ -872,18 +1077,22 @@ def simulate(
     days: int,
     incidents: str,
     per_type: int,
+    leaks: str,
     seed: int,
     end_text: str | None,
 ) -> None:
-    """Write synthetic traffic with labelled injected incidents into a store, to measure the alerts.
+    """Write synthetic traffic with labelled incidents and leaks into a store, to measure the alerts and insights.
 
-    The labels go beside the store as <store>.incidents.json; bench/alerts.py replays the
-    detector over the store and scores it against them.
+    Incidents (for the alerts) start after a week of warm-up; leaks (for `meterline insights`)
+    run from the first hour at fixed rates, so their cost can be worked out by hand (see
+    meterline/leaks.py). The labels go beside the store as <store>.incidents.json;
+    bench/alerts.py replays the alert detector over the store and scores it against them.
 
     \b
     Examples:
       meterline simulate --store sim.duckdb --days 30
       meterline simulate --store sim.duckdb --days 14 --incidents retry_storm,model_swap --seed 3
+      meterline simulate --store leaks.duckdb --days 7 --incidents none --leaks all
     """
     from datetime import UTC, datetime, timedelta
 
@@ -891,6 +1100,7 @@ def simulate(
 
     from meterline.analytics.params import BadParameter, parse_time
     from meterline.config import StoreConfig
+    from meterline.leaks import LEAK_TYPES
     from meterline.pricing.table import PriceTable
     from meterline.simulate import INCIDENT_TYPES, PROVIDERS, hour_floor, labels_path, write_labels
     from meterline.simulate import simulate as run_simulation
@@ -899,6 +1109,7 @@ def simulate(
     config = _load(config_path, required=False)
     path = store_path or config.store.path
     kinds = list(INCIDENT_TYPES) if incidents == "all" else [] if incidents == "none" else incidents.split(",")
+    leak_kinds = list(LEAK_TYPES) if leaks == "all" else [] if leaks == "none" else leaks.split(",")
     try:
         end = hour_floor(parse_time("end", end_text) if end_text else datetime.now(UTC))
     except BadParameter as exc:
@@ -919,6 +1130,7 @@ def simulate(
                 kinds=kinds,
                 per_kind=per_type,
                 seed=seed,
+                leaks=leak_kinds,
                 progress=lambda day: progress.update(task, completed=day),
             )
     except ValueError as exc:
@@ -926,8 +1138,10 @@ def simulate(
     finally:
         store.close()
     labels = labels_path(path)
-    write_labels(labels, injected, end - timedelta(days=days), end)
+    write_labels(labels, injected, end - timedelta(days=days), end, leak_kinds)
     click.echo(f"wrote {written:,} events over {days} days to {path}")
+    for leak in leak_kinds:
+        click.echo(f"  leak {leak}")
     for incident in injected:
         about = incident.feature or incident.provider
         who = f" user {incident.user}" if incident.user else ""

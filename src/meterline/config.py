@@ -100,6 +100,23 @@ class ProviderConfig(_Section):
     pricing_provider: str | None = Field(
         None, description="genai-prices provider id to price this provider's models by (default: from kind)"
     )
+    deployments: dict[str, str] = Field(
+        {},
+        description="upstream model or deployment name -> the model it runs, which prices it "
+        "(an Azure deployment, a self-hosted server's served-model name)",
+    )
+    api_version: str | None = Field(
+        None,
+        min_length=1,
+        description="kind azure_openai: call /openai/deployments/<deployment>/...?api-version=<this> "
+        "(unset: the v1 API, /openai/v1/...)",
+    )
+    stream_usage: Literal["request", "included"] | None = Field(
+        None,
+        description="OpenAI-format streams: 'request' adds stream_options.include_usage; 'included' sends the "
+        "body unchanged, for servers that put usage in their last chunk themselves and reject stream_options "
+        "(default: included for pricing_provider mistral, groq, together and openrouter, else request)",
+    )
     timeout: TimeoutConfig = TimeoutConfig()
 
     @field_validator("base_url")
@@ -406,6 +423,16 @@ class ResilienceConfig(_Section):
     backoff: BackoffConfig = BackoffConfig()
     deadline_s: float = Field(600, gt=0, description="all attempts and waits of one request together")
     breaker: BreakerConfig = BreakerConfig()
+
+
+class BatchesConfig(_Section):
+    """Provider batches (the OpenAI Batch API) passed through the gateway; their results are metered when done."""
+
+    poll_interval_s: float = Field(
+        60, gt=0, description="how often batches not yet metered are checked with their provider"
+    )
+
+
 class OtelExportConfig(_Section):
     """OTLP/HTTP (protobuf) export of a span per gateway attempt and GenAI metrics; needs the `otel` extra."""
 
@@ -534,6 +561,7 @@ class Config(_Section):
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
     otel: OtelConfig = OtelConfig()
+    batches: BatchesConfig = BatchesConfig()
 
     @model_validator(mode="after")
     def _models_name_known_providers(self) -> Config:

@@ -29,16 +29,19 @@ from meterline.config import Config, ConfigError
 from meterline.events.loader import SpoolLoader
 from meterline.events.spool import SpoolWriter
 from meterline.gateway.auth import Authenticator
+from meterline.gateway.batch_registry import BatchRegistry
+from meterline.gateway.batches import BatchGateway
 from meterline.gateway.caching import GatewayCache
 from meterline.gateway.clock import Clock
 from meterline.gateway.keys import KeyAuthenticator, KeyStore
 from meterline.gateway.metering import CallObserver, Recorder
 from meterline.gateway.proxy import COST_HEADER, OPENAI, REQUEST_ID_HEADER, Gateway
 from meterline.otel import OTEL_EXTRA_HINT
+from meterline.otel.names import EXPORTED_PROVIDER
 from meterline.otel.prometheus import GatewayMetrics
 from meterline.otel.recent import RecentGatewayCalls
 from meterline.pricing.table import PriceTable
-from meterline.providers.base import ProviderFamily, build_provider
+from meterline.providers.base import ProviderFamily, build_provider, deployment_models
 from meterline.store.base import Store, StoreUnavailable, store_for
 from meterline.store.control import ControlDB
 from meterline.web.alerts_api import AlertsApi
@@ -94,7 +97,7 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     pricing_ids = {name: provider.pricing_id for name, provider in providers.items()}
-    price_table = PriceTable.load(config.pricing.overrides, pricing_ids)
+    price_table = PriceTable.load(config.pricing.overrides, pricing_ids, deployment_models(config.providers))
     store = store_for(config.store) if role is None or role.owns_store else None
     spool = SpoolWriter(config.store.spool_dir)
     # with store.loader: external, `meterline ingest` loads the spool; this process only reads the store
@@ -143,10 +146,14 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
     recorder = Recorder(price_table, spool, observers)
     cache = build_cache(config, providers, recorder)
     gateway = Gateway(config, providers, authenticator, recorder, guard, clock, cache)
+    batch_registry = BatchRegistry(ControlDB(config.store.control_path))
+    # one process polls unfinished batches: the one that owns the store
+    batches = BatchGateway(gateway, batch_registry, config.batches, poll=store is not None)
     web_auth = WebAuth(authenticator, config.server.master_key)
 
     app = web.Application(client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app.add_routes(gateway.routes())
+    app.add_routes(batches.routes())
     forwarder = None
     alert_loop = None
     if store is None:
@@ -188,6 +195,7 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         if cache is not None:
             await cache.cache.start()
         await gateway.start()
+        await batches.start()
         if exporter is not None:
             exporter.start()
         if receiver is not None:
@@ -202,6 +210,7 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
             await alert_loop.stop()
         if forwarder is not None:
             await forwarder.stop()
+        await batches.stop()
         await gateway.stop()
         if cache is not None:
             await cache.cache.close()
@@ -256,7 +265,9 @@ def otlp_exporter(config: Config, providers: dict[str, ProviderFamily]) -> Expor
         from meterline.otel.pipeline import ExportPipeline
     except ImportError as exc:
         raise ConfigError(f"otel.export.enabled is true, but {exc.name} is not installed: {OTEL_EXTRA_HINT}") from exc
-    return ExportPipeline(config.otel.export, {name: provider.config.base_url for name, provider in providers.items()})
+    urls = {name: provider.config.base_url for name, provider in providers.items()}
+    systems = {name: EXPORTED_PROVIDER.get(provider.pricing_id or "", name) for name, provider in providers.items()}
+    return ExportPipeline(config.otel.export, urls, systems)
 
 
 def trace_receiver(

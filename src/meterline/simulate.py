@@ -1,10 +1,14 @@
-"""`meterline simulate`: synthetic gateway traffic with labelled, injected incidents, for measuring the alerts.
+"""`meterline simulate`: synthetic traffic with labelled incidents and leaks, for measuring the alerts and insights.
 
 Six features on OpenAI and Anthropic models, a few hundred users of very different sizes, a daily
-and weekly rhythm with noise, a small baseline of retried server errors, and exact-cache hits.
-Into that, incidents of six types are injected at seeded random times after the first week (so
-the detector has a trailing week to learn from), each lasting a few hours and far enough apart
-to tell them apart:
+and weekly rhythm with noise, a small baseline of retried server errors, and exact-cache hits;
+beside them the clean deterministic patterns of `meterline.leaks` (an agent, an embedding
+indexer). Every call carries the request shape the gateway records (a system prompt below the
+provider caching minimum, a max_tokens on most features). That clean traffic is what the insights
+detectors must stay quiet on; the leaks of `meterline.leaks` are added on request, from the first
+hour on. Into it, incidents of six types are injected at seeded random times after the first week
+(so the detector has a trailing week to learn from), each lasting a few hours and far enough
+apart to tell them apart:
 
 - `retry_storm`: most attempts of one feature are rate-limited and retried;
 - `prompt_bloat`: one feature's prompts grow fourfold at the same request rate;
@@ -15,7 +19,8 @@ to tell them apart:
 
 Events are built column-wise and bulk-loaded into the store as Arrow tables, one day per batch, with
 the real event schema and priced by the price table. The labels (type, start, end, what the incident
-touches) are written beside the store as `<store>.incidents.json` for `bench/alerts.py`.
+touches, and the leaks injected) are written beside the store as `<store>.incidents.json` for
+`bench/alerts.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import orjson
 
 from meterline.events.schema import columns_to_arrow
+from meterline.leaks import Patterns, digest
 from meterline.pricing.table import PriceTable
 from meterline.store.base import Store
 
@@ -78,16 +84,20 @@ class Feature:
     input_tokens: int
     output_tokens: int
     cache_rate: float
+    system_tokens: int
+    """The estimated tokens of its system prompt: all below the 1,024 tokens providers cache."""
+    max_tokens: int | None
 
 
 FEATURES = (
-    Feature("search", "gpt-4.1-mini", "search", 220, 6000, 300, 0.35),
-    Feature("chat", "claude-sonnet-4-20250514", "assistant", 90, 4000, 500, 0.1),
-    Feature("summarize", "gpt-4o", "docs", 70, 8000, 400, 0.2),
-    Feature("support-bot", "claude-3-5-haiku-20241022", "support", 80, 3000, 300, 0.5),
-    Feature("code-review", "claude-sonnet-4-20250514", "platform", 25, 12000, 900, 0.0),
-    Feature("extract", "gpt-4o-mini", "docs", 120, 3000, 200, 0.25),
+    Feature("search", "gpt-4.1-mini", "search", 220, 6000, 300, 0.35, 800, None),
+    Feature("chat", "claude-sonnet-4-20250514", "assistant", 90, 4000, 500, 0.1, 900, 2048),
+    Feature("summarize", "gpt-4o", "docs", 70, 8000, 400, 0.2, 400, 1024),
+    Feature("support-bot", "claude-3-5-haiku-20241022", "support", 80, 3000, 300, 0.5, 700, 1024),
+    Feature("code-review", "claude-sonnet-4-20250514", "platform", 25, 12000, 900, 0.0, 950, 4096),
+    Feature("extract", "gpt-4o-mini", "docs", 120, 3000, 200, 0.25, 600, None),
 )
+_BY_NAME = {feature.name: feature for feature in FEATURES}
 
 
 @dataclass
@@ -300,6 +310,13 @@ class Simulation:
         columns["app"] = columns["team"]
         columns.update(operation=["chat"] * count, env=["prod"] * count, source=["simulated"] * count)
         columns["price_version"] = [self.price_table.version] * count
+        features = [_BY_NAME[name] for name in columns["feature"]]
+        columns["request_hash"] = [digest(request_id) for request_id in columns["request_id"]]
+        columns["prefix_hash"] = [digest("prefix", feature.name) for feature in features]
+        columns["system_tokens"] = [feature.system_tokens for feature in features]
+        columns["max_tokens"] = [feature.max_tokens for feature in features]
+        columns["n_messages"] = [2] * count
+        columns["tools_count"] = [0] * count
         self.rows = []
         return columns_to_arrow(columns, count)
 
@@ -313,9 +330,13 @@ def simulate(
     kinds: list[str],
     per_kind: int = 2,
     seed: int = 7,
+    leaks: list[str] | None = None,
     progress: Callable[[int], None] = lambda _day: None,
 ) -> tuple[int, list[Incident]]:
-    """Write `days` of traffic ending at `end` (an hour boundary) into `store`; the events written and the incidents."""
+    """Write `days` of traffic ending at `end` (an hour boundary) into `store`; the events written and the incidents.
+
+    `leaks` (types of `meterline.leaks.LEAK_TYPES`) are injected from the first hour on.
+    """
     unknown = sorted(set(kinds) - set(INCIDENT_TYPES))
     if unknown:
         raise ValueError(f"unknown incident type(s) {', '.join(unknown)}; known: {', '.join(INCIDENT_TYPES)}")
@@ -323,12 +344,16 @@ def simulate(
         raise ValueError(f"incidents start after a {WARMUP_DAYS}-day warm-up: simulate more than {WARMUP_DAYS} days")
     simulation = Simulation(price_table, seed)
     start = end - timedelta(days=days)
+    patterns = Patterns(price_table, leaks or [], start, seed)
     incidents = simulation.place(kinds, per_kind, start, end)
     written = 0
     for day in range(days):
         for hour in range(24):
-            simulation.hour(start + timedelta(days=day, hours=hour), incidents)
+            moment = start + timedelta(days=day, hours=hour)
+            simulation.hour(moment, incidents)
+            patterns.hour(moment)
         written += store.insert_events(simulation.take())
+        written += store.insert_events(patterns.take())
         progress(day + 1)
     return written, incidents
 
@@ -337,8 +362,15 @@ def labels_path(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".incidents.json")
 
 
-def write_labels(path: Path, incidents: list[Incident], start: datetime, end: datetime) -> None:
-    body = {"start": start.isoformat(), "end": end.isoformat(), "incidents": [i.as_json() for i in incidents]}
+def write_labels(
+    path: Path, incidents: list[Incident], start: datetime, end: datetime, leaks: list[str] | None = None
+) -> None:
+    body = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "incidents": [i.as_json() for i in incidents],
+        "leaks": leaks or [],
+    }
     path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
 
 

@@ -2,9 +2,10 @@
 
 Every analytics query reads `costed_events(...)`: the events of its window and scope, as `e`,
 with one added column `cost`. For `request` that is the `cost_usd` the gateway recorded. For
-`current` the events are joined to the price periods of the (provider, priced model) pairs in
-the window (`PriceTable.periods_arrow`, registered as the table `price_periods`) on provider,
-priced model, the period's effective range and its UTC time-of-day window, and the cost is
+`current` the events are joined to the price periods of the (provider, priced model, price
+variant) keys in the window (`PriceTable.periods_arrow`, registered as the table `price_periods`)
+on provider, priced model, variant (batch or service tier, `meterline.pricing.variants`), the
+period's effective range and its UTC time-of-day window, and the cost is
 computed from the token columns with the long-context tier rule (a call with more input tokens
 than the threshold pays the tier rates for every token), exactly as
 `meterline.pricing.rates.cost_usd` prices one call. An event no period covers is unpriced: its
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from meterline.analytics.params import Scope, Statement, Window
 from meterline.pricing.table import PriceTable
+from meterline.pricing.variants import VARIANT_SQL
 from meterline.store.base import Store
 
 PERIODS_TABLE = "price_periods"
@@ -29,7 +31,7 @@ _KINDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 # bounds (microseconds since the epoch and since UTC midnight, input token counts), so that the
 # per-event join compares integers only and the per-event cost needs no CASE.
 _PRICE_ROWS = f"""(
-    SELECT provider, model,
+    SELECT provider, model, variant,
         coalesce(epoch_us(effective_from), -{_FOREVER}) AS from_us,
         coalesce(epoch_us(effective_to), {_FOREVER}) AS to_us,
         day_seconds_from * 1000000::BIGINT AS day_from_us,
@@ -49,20 +51,23 @@ _CURRENT_COST = f"""CASE WHEN {CACHE_HIT} THEN 0.0 ELSE (
     + e.cache_write_1h_tokens * p.cache_write_1h
 ) / 1e6 END"""
 
-_PERIOD_MATCH = f"""p.provider = e.provider AND p.model = {PRICED_MODEL}
+_PERIOD_MATCH = f"""p.provider = e.provider AND p.model = {PRICED_MODEL} AND p.variant = ({VARIANT_SQL})
     AND epoch_us(e.started_at) >= p.from_us AND epoch_us(e.started_at) < p.to_us
     AND epoch_us(e.started_at) % 86400000000 >= p.day_from_us AND epoch_us(e.started_at) % 86400000000 < p.day_to_us
     AND e.input_tokens >= p.min_input AND e.input_tokens < p.max_input"""
 
 
 def price_periods(store: Store, price_table: PriceTable, window: Window, scope: Scope) -> pa.Table:
-    """The price periods of every (provider, priced model) pair among the window's events."""
+    """The price periods of every (provider, priced model, variant) key among the window's events."""
     statement = Statement()
     where = window.where(statement, scope)
-    pairs = store.query(
-        f"SELECT DISTINCT e.provider, {PRICED_MODEL} AS model FROM events e WHERE {where}", statement.params
+    keys = store.query(
+        f"SELECT DISTINCT e.provider, {PRICED_MODEL} AS model, {VARIANT_SQL} AS variant FROM events e WHERE {where}",
+        statement.params,
     )
-    return price_table.periods_arrow(zip(pairs["provider"].to_pylist(), pairs["model"].to_pylist(), strict=True))
+    return price_table.periods_arrow(
+        zip(keys["provider"].to_pylist(), keys["model"].to_pylist(), keys["variant"].to_pylist(), strict=True)
+    )
 
 
 def costed_events(window: Window, scope: Scope, statement: Statement, periods: pa.Table | None) -> str:

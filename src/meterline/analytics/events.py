@@ -17,7 +17,7 @@ from meterline.events.schema import UsageEvent
 from meterline.pricing.table import PriceTable
 from meterline.store.base import MAX_PAGE_SIZE, EventQuery, Store
 
-EVENT_FILTERS = ("request_id", "user", "feature", "team", "app", "model", "provider")
+EVENT_FILTERS = ("request_id", "user", "feature", "team", "app", "model", "provider", "batch_id")
 EVENT_PARAMS = (*EVENT_FILTERS, "since", "until", "limit", "cursor", "cost_basis")
 
 

@@ -12,6 +12,7 @@ place a WHERE clause is built, and it is where the caller's `Scope` is applied.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,6 +166,26 @@ class Params:
         if not text.isdigit() or not lowest <= int(text) <= highest:
             raise BadParameter(name, f"'{name}' must be a whole number from {lowest} to {highest}")
         return int(text)
+
+    def number(self, name: str, default: float, lowest: float, highest: float) -> float:
+        text = self.values.get(name)
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not lowest <= value <= highest:
+            raise BadParameter(name, f"'{name}' must be a number from {lowest:g} to {highest:g}")
+        return value
+
+    def choices(self, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated subset of `allowed` (all of them when the parameter is not given)."""
+        names = tuple(part.strip() for part in self.values.get(name, "").split(",") if part.strip())
+        unknown = [part for part in names if part not in allowed]
+        if unknown:
+            raise BadParameter(name, f"'{name}': unknown value '{unknown[0]}'; allowed: {', '.join(allowed)}")
+        return names or allowed
 
     def choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
         value = self.values.get(name) or None

@@ -21,72 +21,30 @@ them with SQL. Definitions the API documents:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pyarrow as pa
 
-from meterline.analytics.cost import CACHE_HIT, costed_events, price_periods
+from meterline.analytics.call import GRANULARITIES, METRICS, Call, bucket_start, instant
+from meterline.analytics.chargeback import chargeback
+from meterline.analytics.cost import CACHE_HIT
 from meterline.analytics.events import events_page
+from meterline.analytics.forecast import forecast
+from meterline.analytics.insights.engine import insights
 from meterline.analytics.params import DEFAULT_SPAN, Dimension, NotFound, Params, Scope, Statement, Window
+from meterline.analytics.reconcile import daily_usage
 from meterline.config import ModelConfig
 from meterline.events.schema import COLUMN_NAMES, arrow_schema, arrow_to_events
 from meterline.pricing.rates import PricePeriod
 from meterline.pricing.table import PriceTable
 from meterline.store.base import Store
 
-METRICS: dict[str, str] = {
-    "cost_usd": "coalesce(sum(e.cost), 0)",
-    "unpriced_attempts": "count(*) FILTER (WHERE e.cost IS NULL)",
-    "requests": "count(*) FILTER (WHERE e.attempt = 1)",
-    "attempts": "count(*)",
-    "input_tokens": "coalesce(sum(e.input_tokens), 0)::BIGINT",
-    "output_tokens": "coalesce(sum(e.output_tokens), 0)::BIGINT",
-    "cache_read_tokens": "coalesce(sum(e.cache_read_tokens), 0)::BIGINT",
-    "cache_write_tokens": "coalesce(sum(e.cache_write_tokens), 0)::BIGINT",
-    "reasoning_tokens": "coalesce(sum(e.reasoning_tokens), 0)::BIGINT",
-    "errors": "count(*) FILTER (WHERE e.error_class <> 'none')",
-}
-"""The metrics of a spend row, as SQL aggregates over the events `e`; each is a sum or a count."""
-
-GRANULARITIES = {"hour": 3_600_000_000, "day": 86_400_000_000, "week": 7 * 86_400_000_000}
-"""Bucket widths in microseconds. Buckets start on the UTC hour, at UTC midnight, and weeks on Monday."""
-_WEEK_ORIGIN_US = 4 * 86_400_000_000  # 1970-01-05, a Monday
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 UNATTRIBUTED_DIMENSIONS = ("feature", "user", "team", "app")
 MAX_ROWS = 100_000
-FORECAST_HISTORY_DAYS = 28
 _SPAN_MS = "(epoch_us(max(e.ended_at)) - epoch_us(min(e.started_at))) / 1000.0"
-
-
-@dataclass
-class Call:
-    """One analytics call: its parameters, window and scope, and the store and prices it reads."""
-
-    store: Store
-    price_table: PriceTable
-    models: Sequence[ModelConfig]
-    params: Params
-    window: Window
-    scope: Scope
-    path_id: str | None
-    _periods: dict[Window, pa.Table] = field(default_factory=dict)
-
-    def events(self, statement: Statement, window: Window | None = None) -> str:
-        """SQL for `FROM ... e`: the events of `window` (default: the call's) in scope, with their `cost`."""
-        window = window or self.window
-        periods = None
-        if window.cost_basis == "current":
-            if window not in self._periods:
-                self._periods[window] = price_periods(self.store, self.price_table, window, self.scope)
-            periods = self._periods[window]
-        return costed_events(window, self.scope, statement, periods)
-
-    def rows(self, sql: str, statement: Statement) -> list[dict[str, Any]]:
-        return self.store.query(sql, statement.params, statement.tables).to_pylist()
 
 
 def _dimension_select(dimensions: Sequence[Dimension], statement: Statement) -> list[str]:
@@ -106,17 +64,6 @@ def _named(row: dict[str, Any], dimensions: Sequence[Dimension]) -> dict[str, An
 
 def _metrics_select() -> str:
     return ", ".join(f"{sql} AS {name}" for name, sql in METRICS.items())
-
-
-def _bucket_start(granularity: str) -> str:
-    """The start of an event's bucket in microseconds since the epoch (integer arithmetic: fast)."""
-    width = GRANULARITIES[granularity]
-    origin = _WEEK_ORIGIN_US if granularity == "week" else 0
-    return f"(epoch_us(e.started_at) - {origin}) // {width} * {width} + {origin}"
-
-
-def _instant(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _share(part: float, whole: float) -> float:
@@ -145,7 +92,7 @@ def spend(call: Call) -> dict[str, Any]:
     select = _dimension_select(dimensions, statement)
     order = ["cost_usd DESC", *_dimension_order(dimensions)]
     if granularity is not None:
-        select.append(f"{_bucket_start(granularity)} AS bucket")
+        select.append(f"{bucket_start(granularity)} AS bucket")
         order.insert(0, "bucket")
     grouped = f"SELECT {', '.join([*select, _metrics_select()])} FROM {call.events(statement)} e GROUP BY ALL"
     # every metric is a sum or a count, so the totals are sums over the groups: one scan for both
@@ -166,7 +113,7 @@ def spend(call: Call) -> dict[str, Any]:
         totals_row = {name: row.pop(f"total_{name}") for name in METRICS}
         del row["group_cost"]
         if granularity is not None:
-            row["bucket"] = _instant(row["bucket"])
+            row["bucket"] = instant(row["bucket"])
     return {
         "rows": [_named(row, dimensions) for row in rows],
         "totals": totals_row,
@@ -395,76 +342,6 @@ def _since_note(window: Window) -> str:
     return "" if window.since is None else f" since {window.since.isoformat()} (pass an earlier 'since')"
 
 
-def forecast(call: Call) -> dict[str, Any]:
-    """Month-to-date spend and a weekday-aware projection to the end of the month, in UTC days.
-
-    `until` is "now". Each day left in the month is projected at the mean spend of the same
-    weekday over the last `FORECAST_HISTORY_DAYS` complete days (fewer when the data starts
-    later; a weekday not among them takes the mean of all of them), and the rest of today at
-    its weekday's mean times the share of the day left. `since` does not apply.
-    """
-    now = call.window.until
-    today = now.date()
-    month_start = today.replace(day=1)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    history_start = max(today - timedelta(days=FORECAST_HISTORY_DAYS), _first_day(call) or today)
-    history = [history_start + timedelta(days=offset) for offset in range((today - history_start).days)]
-
-    statement = Statement()
-    window = Window(_midnight(min(month_start, history_start)), now, call.window.filters, call.window.cost_basis)
-    sql = (
-        f"SELECT {_bucket_start('day')} AS day, {METRICS['cost_usd']} AS cost_usd "
-        f"FROM {call.events(statement, window)} e GROUP BY ALL"
-    )
-    spent = {_instant(row["day"]).date(): row["cost_usd"] for row in call.rows(sql, statement)}
-
-    rate = _weekday_means(history, spent)
-    left_today = 1 - (now - _midnight(today)) / timedelta(days=1)
-    days_after_today = [today + timedelta(days=offset) for offset in range(1, (next_month - today).days)]
-    remaining = rate[today.weekday()] * left_today + sum(rate[day.weekday()] for day in days_after_today)
-    month_days = [month_start + timedelta(days=offset) for offset in range((today - month_start).days + 1)]
-    month_to_date = sum(spent.get(day, 0.0) for day in month_days)
-    if history:
-        method = (
-            f"weekday-aware: each day left in the month is projected at the mean spend of the same weekday over "
-            f"the last {len(history)} complete UTC days (a weekday not among them at the mean of all of them), "
-            "the rest of today at its weekday's mean times the share of the day left"
-        )
-    else:
-        method = "no complete day of spend before today yet, so the projection is the month-to-date spend"
-    return {
-        "month": f"{month_start:%Y-%m}",
-        "month_to_date_usd": month_to_date,
-        "projected_month_end_usd": month_to_date + remaining,
-        "method": method,
-        "daily": [{"day": day.isoformat(), "cost_usd": spent.get(day, 0.0)} for day in month_days],
-    }
-
-
-def _first_day(call: Call) -> date | None:
-    """The UTC day of the first event in scope and filters before the call's `until`."""
-    statement = Statement()
-    everything = Window(None, call.window.until, call.window.filters)
-    (row,) = call.rows(f"SELECT min(e.started_at) AS first FROM {call.events(statement, everything)} e", statement)
-    return None if row["first"] is None else row["first"].date()
-
-
-def _weekday_means(history: list[date], spent: Mapping[date, float]) -> list[float]:
-    """Mean daily spend per weekday (Monday = 0) over the history days; a weekday not among them gets the mean day."""
-    if not history:
-        return [0.0] * 7
-    overall = sum(spent.get(day, 0.0) for day in history) / len(history)
-    means = []
-    for weekday in range(7):
-        days = [day for day in history if day.weekday() == weekday]
-        means.append(sum(spent.get(day, 0.0) for day in days) / len(days) if days else overall)
-    return means
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
 def prices(call: Call) -> dict[str, Any]:
     models = []
     for model in call.models:
@@ -524,8 +401,11 @@ ENDPOINTS: dict[str, Endpoint] = {
     "agents/runs": Endpoint(agent_runs, ("limit",)),
     "agents/runs/{run_id}": Endpoint(agent_run, default_span=None),
     "requests/{request_id}": Endpoint(request_attempts, default_span=None),
-    "forecast": Endpoint(forecast),
+    "forecast": Endpoint(forecast, ("group_by", "limit")),
     "prices": Endpoint(prices),
+    "insights": Endpoint(insights, ("detector", "min_usd")),
+    "chargeback": Endpoint(chargeback, ("group_by",), default_span=timedelta(days=31)),
+    "usage/daily": Endpoint(daily_usage),
 }
 """Endpoint paths under /api/v1/ (as aiohttp route patterns) and what answers them."""
 

@@ -1,9 +1,12 @@
-"""The weekly (or monthly) review: one HTML report with the five core views, and showback CSVs.
+"""The weekly (or monthly) review: one HTML report with the core views, findings and forecast, and CSV/JSON files.
 
-Views: cost trend, top features, top users, cache hit rate by feature, cost by error class.
-Showback: one CSV per team, app and feature with spend, volume, tokens and unit cost. Every
-figure comes from the same analytics endpoints the API serves, so the report agrees with it.
-The HTML embeds Plotly.js from the installed `plotly` package, so it opens offline.
+Views: the insights' findings (what leaks, what it costs a month, the fix), the month-end
+forecast per team with its interval, cost trend, top features, top users, cache hit rate by
+feature, cost by error class. Showback: one CSV per team, app and feature with spend, volume,
+tokens and unit cost; chargeback: per team and app per calendar month (from the first of the
+month the period starts in), as CSV and JSON with unit economics. Every figure comes from the
+same analytics endpoints the API serves, so the report agrees with it. The HTML embeds
+Plotly.js from the installed `plotly` package, so it opens offline.
 """
 
 from __future__ import annotations
@@ -19,19 +22,23 @@ from typing import Any
 
 import orjson
 
-from meterline.analytics.queries import METRICS
+from meterline.analytics.call import METRICS
+from meterline.analytics.chargeback import write_chargeback
 from meterline.analytics.source import AnalyticsSource
 
 PERIOD_DAYS = {"week": 7, "month": 30}
 SHOWBACK_DIMENSIONS = ("team", "app", "feature")
-REPORT_STEPS = 1 + len(SHOWBACK_DIMENSIONS)  # the core views, then one showback file per dimension
+REPORT_STEPS = 3 + len(SHOWBACK_DIMENSIONS)
+"""The core views, the findings and forecast, one showback file per dimension, the chargeback files."""
 SHOWBACK_COLUMNS = (*METRICS, "cost_per_request_usd")
+LISTED_FINDINGS = 20
 
 
 @dataclass(frozen=True)
 class ReportFiles:
     html: Path
     csvs: list[Path]
+    chargeback: list[Path]
 
 
 def _label(value: object) -> str:
@@ -144,6 +151,70 @@ def _top_section(
     )
 
 
+def _findings_section(source: AnalyticsSource, window: dict[str, str]) -> tuple[str, dict[str, Any], str]:
+    """The insights' findings over the period, costliest first."""
+    body = source.get("insights", window)
+    findings = body["findings"][:LISTED_FINDINGS]
+    labels = [f"{f['detector']}: {_label(f['where'].get('feature', f['where'].get('app')))}" for f in findings]
+    figure = _figure("bar", labels, [f["usd_per_month"] for f in findings], "What each leak costs a month", "USD")
+    table = _table(
+        ["$ a month", "saving", "detector", "what", "fix"],
+        [
+            [
+                _money(f["usd_per_month"]),
+                "" if f["saving_usd_per_month"] is None else _money(f["saving_usd_per_month"]),
+                f["detector"],
+                f["summary"],
+                f["fix"] + (f" (assumption: {f['assumptions']})" if f["assumptions"] else ""),
+            ]
+            for f in findings
+        ],
+    )
+    total = (
+        f"<p>{len(body['findings'])} findings costing {_money(body['total_usd_per_month'])} a month "
+        f"(the period's rate over {body['month_days']} days); fixing them would save about "
+        f"{_money(body['total_saving_usd_per_month'])} a month.</p>"
+    )
+    return "Findings: where money leaks", figure, total + table
+
+
+def _forecast_section(source: AnalyticsSource, until: datetime) -> tuple[str, dict[str, Any], str]:
+    """The month-end projection per team, with its interval."""
+    body = source.get("forecast", {"until": until.isoformat(), "group_by": "team"})
+    rows = [{"value": "all teams", **body}, *body["groups"]]
+    figure = {
+        "data": [
+            {
+                "type": "bar",
+                "x": [_label(row["value"]) for row in rows],
+                "y": [row["projected_month_end_usd"] for row in rows],
+                "error_y": {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [row["high_usd"] - row["projected_month_end_usd"] for row in rows],
+                    "arrayminus": [row["projected_month_end_usd"] - row["low_usd"] for row in rows],
+                },
+                "marker": {"color": "#3b6fd8"},
+            }
+        ],
+        "layout": {"title": {"text": f"Projected spend in {body['month']}"}, "yaxis": {"title": {"text": "USD"}}},
+    }
+    level = f"{body['interval_level']:.0%} interval"
+    table = _table(
+        ["team", "month to date", "projected month end", level],
+        [
+            [
+                _label(row["value"]),
+                _money(row["month_to_date_usd"]),
+                _money(row["projected_month_end_usd"]),
+                f"{_money(row['low_usd'])} to {_money(row['high_usd'])}",
+            ]
+            for row in rows
+        ],
+    )
+    return f"Forecast for {body['month']}", figure, table + f"<p>Method: {html.escape(body['method'])}.</p>"
+
+
 def _showback_rows(source: AnalyticsSource, window: dict[str, str], dimension: str) -> list[dict[str, Any]]:
     rows = source.get("spend", {**window, "group_by": dimension})["rows"]
     for row in rows:
@@ -188,6 +259,8 @@ def build_report(
 
     progress("core views")
     sections = _sections(source, window)
+    progress("findings and forecast")
+    sections[:0] = [_findings_section(source, window), _forecast_section(source, until)]
     totals = source.get("spend", window)["totals"]
     subtitle = (
         f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC (the {PERIOD_DAYS[period]} days ending now); "
@@ -205,4 +278,13 @@ def build_report(
             writer.writeheader()
             writer.writerows(_showback_rows(source, window, dimension))
         csv_paths.append(path)
-    return ReportFiles(html=html_path, csvs=csv_paths)
+
+    progress("chargeback")
+    month_start = since.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    chargeback = source.get("chargeback", {"since": month_start.isoformat(), "until": until.isoformat()})
+    chargeback_paths = []
+    for file_format in ("csv", "json"):
+        path = out_dir / f"chargeback.{file_format}"
+        write_chargeback(chargeback, path, file_format)
+        chargeback_paths.append(path)
+    return ReportFiles(html=html_path, csvs=csv_paths, chargeback=chargeback_paths)

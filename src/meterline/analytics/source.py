@@ -17,7 +17,7 @@ from meterline.analytics.params import Scope
 from meterline.analytics.queries import Analytics
 from meterline.config import Config
 from meterline.pricing.table import PriceTable
-from meterline.providers.base import pricing_ids
+from meterline.providers.base import deployment_models, pricing_ids
 from meterline.store.base import Store, store_for
 from meterline.store.duckdb import DuckDBStore
 
@@ -69,7 +69,8 @@ class LocalSource:
             self.description = f"the {config.store.kind} store at {config.store.url}"
             self._store = store_for(config.store)
         self._store.open()
-        price_table = PriceTable.load(config.pricing.overrides, pricing_ids(config.providers))
+        providers = config.providers
+        price_table = PriceTable.load(config.pricing.overrides, pricing_ids(providers), deployment_models(providers))
         self._analytics = Analytics(self._store, price_table, config.models)
         self._scope = Scope()
 

@@ -12,7 +12,6 @@ with `enabled: false`, bypasses the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from meterline.config import CacheConfig, CacheRuleConfig
 
@@ -58,9 +57,11 @@ class CachePolicy:
         return None
 
     def decide(
-        self, operation: str, model: str, feature: str | None, body: dict[str, Any], header: str | None
+        self, operation: str, model: str, feature: str | None, temperature: float | None, header: str | None
     ) -> Decision:
-        """Raises `CacheHeaderInvalid` or `SemanticNotConfigured` for a header the client must fix."""
+        """Raises `CacheHeaderInvalid` or `SemanticNotConfigured` for a header the client must fix.
+
+        `temperature`: what the call asked for (None: the provider's default)."""
         asked = header.strip().lower() if header is not None else None
         if asked is not None and asked not in HEADER_VALUES:
             raise CacheHeaderInvalid(header or "")
@@ -70,16 +71,15 @@ class CachePolicy:
         if asked == "off" or (rule is not None and not rule.enabled):
             return BYPASS
         forced = asked in ("on", "semantic", "refresh")
-        if not forced and (self.config.default == "off" or not self._deterministic(operation, body)):
+        if not forced and (self.config.default == "off" or not self._deterministic(operation, temperature)):
             return BYPASS
         ttl_s = rule.ttl_s if rule is not None and rule.ttl_s is not None else self.config.ttl_s
         wants_semantic = asked == "semantic" or (rule is not None and bool(rule.semantic))
         semantic = wants_semantic and operation != "embeddings" and asked != "refresh"
         return Decision("refresh" if asked == "refresh" else "lookup", ttl_s, semantic)
 
-    def _deterministic(self, operation: str, body: dict[str, Any]) -> bool:
+    def _deterministic(self, operation: str, temperature: float | None) -> bool:
         limit = self.config.max_temperature
         if operation == "embeddings" or limit is None:
             return True
-        temperature = body.get("temperature", PROVIDER_DEFAULT_TEMPERATURE)
-        return isinstance(temperature, int | float) and temperature <= limit
+        return (PROVIDER_DEFAULT_TEMPERATURE if temperature is None else temperature) <= limit

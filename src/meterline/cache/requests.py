@@ -22,7 +22,13 @@ CacheScope = Literal["key", "team", "shared"]
 # fields that change who is billed or how the answer is delivered, not what it says
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
 # where each operation keeps the conversation whose last user message the semantic cache embeds
-_CONVERSATION = {"chat": "messages", "messages": "messages", "responses": "input", "completion": "prompt"}
+_CONVERSATION = {
+    "chat": "messages",
+    "messages": "messages",
+    "responses": "input",
+    "completion": "prompt",
+    "generate_content": "contents",
+}
 
 
 def _digest(*parts: bytes) -> str:
@@ -37,20 +43,22 @@ def _canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def form_of(body: dict[str, Any]) -> str:
+def form_of(body: dict[str, Any], streaming: bool) -> str:
     """`json`, or `sse` plus the stream options (which decide whether a usage chunk is sent)."""
-    if body.get("stream") is not True:
+    if not streaming:
         return "json"
     return "sse:" + _canonical(body.get("stream_options")).decode()
 
 
-def request_key(operation: str, model: str, body: dict[str, Any], headers: list[str]) -> str:
+def request_key(operation: str, model: str, body: dict[str, Any], headers: list[str], streaming: bool) -> str:
     """The exact-cache key of a request: a hash of its operation, model, form, answer-changing fields and headers.
 
-    `headers` are the values of the configured `cache.key_headers`, in their configured order.
+    `headers` are the values of the configured `cache.key_headers`, in their configured order;
+    `streaming` whether the call streams (the body's flag, or the URL's for Gemini).
     """
     fields = {name: value for name, value in body.items() if name not in _NOT_IN_KEY and name != "model"}
-    return _digest(operation.encode(), model.encode(), form_of(body).encode(), _canonical([fields, headers]))
+    form = form_of(body, streaming)
+    return _digest(operation.encode(), model.encode(), form.encode(), _canonical([fields, headers]))
 
 
 def scope_of(scope: CacheScope, key_id: str, key_team: str | None, team: str | None) -> str:
@@ -67,7 +75,7 @@ def scope_of(scope: CacheScope, key_id: str, key_team: str | None, team: str | N
     return f"key:{key_id}|team:{team or ''}"
 
 
-def semantic_prompt(operation: str, model: str, body: dict[str, Any]) -> tuple[str, str] | None:
+def semantic_prompt(operation: str, model: str, body: dict[str, Any], streaming: bool) -> tuple[str, str] | None:
     """(the last user message's text, a hash of everything else in the request), or None without one.
 
     The semantic cache embeds the text and matches only requests whose hash agrees, so a similar
@@ -81,12 +89,13 @@ def semantic_prompt(operation: str, model: str, body: dict[str, Any]) -> tuple[s
         users = [i for i, item in enumerate(conversation) if isinstance(item, dict) and item.get("role") == "user"]
         if not users:
             return None
-        text = text_of_content(conversation[users[-1]].get("content"))
+        text = text_of_content(conversation[users[-1]])
         rest = conversation[: users[-1]] + conversation[users[-1] + 1 :]
     else:
         return None
     if not text.strip():
         return None
     fields = {name: value for name, value in body.items() if name not in _NOT_IN_KEY and name not in (field, "model")}
-    context = _digest(operation.encode(), model.encode(), form_of(body).encode(), _canonical([rest, fields]))
+    form = form_of(body, streaming)
+    context = _digest(operation.encode(), model.encode(), form.encode(), _canonical([rest, fields]))
     return text, context

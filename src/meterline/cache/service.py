@@ -99,17 +99,22 @@ class ResponseCache:
         headers: Mapping[str, str],
         caller: tuple[str, str | None, str | None],
         feature: str | None,
+        streaming: bool,
+        temperature: float | None,
     ) -> Plan:
-        """`caller` is (key id, the key's team, the call's team). Raises for a bad header (see `CachePolicy`)."""
-        decision = self.policy.decide(operation, model, feature, body, headers.get(HEADER))
+        """`caller` is (key id, the key's team, the call's team); `streaming` and `temperature` are the call's.
+
+        Raises for a bad header (see `CachePolicy`).
+        """
+        decision = self.policy.decide(operation, model, feature, temperature, headers.get(HEADER))
         if decision.action == "bypass":
             return Plan(decision, BYPASS)
         plan = Plan(decision, MISS if decision.action == "lookup" else REFRESH)
         plan.scope = scope_of(self.scope, *caller)
         key_headers = [headers.get(name, "") for name in self.config.key_headers]
-        plan.key = request_key(operation, model, body, key_headers) + "|" + plan.scope
+        plan.key = request_key(operation, model, body, key_headers, streaming) + "|" + plan.scope
         if decision.semantic:
-            found = semantic_prompt(operation, model, body)
+            found = semantic_prompt(operation, model, body, streaming)
             if found is not None:
                 plan.prompt, context = found
                 plan.namespace = (plan.scope, model, feature or "", context)

@@ -19,7 +19,7 @@ from typing import Literal
 import msgspec
 import pyarrow as pa
 
-Operation = Literal["chat", "completion", "embeddings", "responses", "messages"]
+Operation = Literal["chat", "completion", "embeddings", "responses", "messages", "generate_content"]
 
 ERROR_CLASSES = (
     "none",
@@ -73,6 +73,11 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     error_class: str = "none"
     error_message: str | None = None
     finish_reason: str | None = None
+    service_tier: str | None = None
+    """The provider's service tier for the call (OpenAI `default`/`flex`/`priority`, Anthropic `standard`/`priority`):
+    what the response reported, else what the request asked for; prices may differ by tier."""
+    batch_id: str | None = None
+    """For a result of a provider batch (OpenAI Batch API): the batch's id; such calls pay batch prices."""
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -98,6 +103,25 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     agent_step: int | None = None
     properties: dict[str, str] = {}
     source: str = "gateway"
+    retry_after_s: float | None = None
+    """The wait the provider asked for before a retry (`retry-after-ms`/`retry-after`) on a failed attempt."""
+    request_hash: str | None = None
+    """A hash of everything in the request body that decides the answer (not the text: the hash only).
+
+    Equal for a client's resend of the same call and for the same input embedded again; the
+    attempts of one logical request share it. None for events from before it was recorded and
+    ingested spans."""
+    prefix_hash: str | None = None
+    """A hash of the request's leading, usually static part: system instructions and tool definitions.
+    None when the request has none."""
+    system_tokens: int | None = None
+    """Estimated tokens of that leading part (what provider prompt caching could serve from cache)."""
+    max_tokens: int | None = None
+    """The output-token cap the client set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`)."""
+    n_messages: int | None = None
+    """Messages in a chat, input items of a responses or embeddings call, prompts of a completion."""
+    tools_count: int | None = None
+    """Tool (function) definitions sent with the request."""
 
     @property
     def priced_model(self) -> str:
@@ -189,6 +213,16 @@ COLUMNS: tuple[Column, ...] = tuple(
     Column(field.name, *_column_kind(field.type)) for field in msgspec.structs.fields(UsageEvent)
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+SHAPE_COLUMNS = (
+    "retry_after_s",
+    "request_hash",
+    "prefix_hash",
+    "system_tokens",
+    "max_tokens",
+    "n_messages",
+    "tools_count",
+)
+"""The columns added by schema migration 8: what the insights detectors read about a request's shape."""
 
 
 def arrow_schema() -> pa.Schema:

@@ -1,8 +1,9 @@
 """Who is calling: turns a request's API key into an `Identity`, behind one small interface.
 
-Clients send their key as `Authorization: Bearer <key>` (OpenAI style) or `x-api-key`
-(Anthropic style). The master key and virtual keys are checked by
-`meterline.gateway.keys.KeyAuthenticator`.
+Clients send their key as their provider's SDK sends one: `Authorization: Bearer <key>` (OpenAI),
+`x-api-key` (Anthropic), `api-key` (Azure OpenAI) or `x-goog-api-key` (Gemini; its `?key=` query
+parameter is read by the gateway for Gemini's URLs). The master key and virtual keys are checked
+by `meterline.gateway.keys.KeyAuthenticator`.
 """
 
 from __future__ import annotations
@@ -44,4 +45,4 @@ def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return headers.get("x-api-key") or None
+    return headers.get("x-api-key") or headers.get("api-key") or headers.get("x-goog-api-key") or None

@@ -48,7 +48,14 @@ class GatewayCache:
         """Raises `CacheHeaderInvalid` or `SemanticNotConfigured` for a header the client must fix."""
         caller = (call.identity.key_id, call.identity.team, call.team)
         return self.cache.plan(
-            call.operation, call.requested_model, call.body, headers, caller, call.attribution.feature
+            call.operation,
+            call.requested_model,
+            call.body,
+            headers,
+            caller,
+            call.attribution.feature,
+            call.streaming,
+            call.dialect.temperature(call.body),
         )
 
     async def lookup(self, request: web.Request, call: CallContext, plan: Plan, serve: Serve) -> CachedAnswer | None:
@@ -89,7 +96,8 @@ class GatewayCache:
             return web.Response(status=answer.status, body=answer.body, headers=headers)
         response = web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)
-        await response.write(answer.body + COST_COMMENT + b"0\n\n" + answer.stream_tail)
+        cost_comment = COST_COMMENT + b"0\n\n" if call.dialect.sends_cost_comment else b""
+        await response.write(answer.body + cost_comment + answer.stream_tail)
         await response.write_eof()
         return response
 
@@ -120,7 +128,10 @@ class GatewayCache:
             finish_reason=event.finish_reason,
         )
         if isinstance(response, CapturingResponse):
-            parts = stream_answer(response.written)
+            if call.dialect.sends_cost_comment:  # then a complete stream holds it before its last event
+                parts = stream_answer(response.written)
+            else:
+                parts = b"".join(response.written), b""
             if parts is None:
                 return
             answer.body, answer.stream_tail = parts
@@ -157,6 +168,7 @@ class GatewayCache:
             provider=model.provider,
             requested_model=model.name,
             upstream_model=model.upstream_name,
+            shape=self.embeddings_dialect.request_shape("embeddings", body),
         )
         embedding.cache_plan = self.plan(embedding, {})
         response = await serve(request, embedding, orjson.dumps(body), None)

@@ -22,6 +22,7 @@ from meterline.gateway.auth import Identity
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import Dialect, StreamState, Usage
 from meterline.providers.estimate import estimate_tokens, estimator_name
+from meterline.providers.shape import RequestShape
 
 
 @dataclass
@@ -50,6 +51,9 @@ class CallContext:
     """The gateway asked the provider for stream usage the client did not ask for (the meter hides it)."""
     attempt: int = 0
     """The number of the upstream attempt under way (1 for the first); 0 before any."""
+    shape: RequestShape | None = None
+    """Hashes and counts of the body as the client sent it, recorded on every attempt's event; set where the
+    gateway accepts a body (`Dialect.request_shape`), before anything changes it."""
 
     def begin_attempt(self) -> None:
         """Count a new upstream attempt; attempts after the first are timed from their own start."""
@@ -57,6 +61,7 @@ class CallContext:
         if self.attempt > 1:
             self.started_at = datetime.now(UTC)
             self.started_perf = time.perf_counter()
+
     output_text: str | None = None
     """The text of the answer, kept only when content is exported (`otel.export.capture_content`)."""
 
@@ -94,9 +99,13 @@ class Outcome:
     response_model: str | None = None
     response_id: str | None = None
     finish_reason: str | None = None
+    service_tier: str | None = None
+    """The tier the provider says served the call; None: the request's tier is recorded."""
     ttft_ms: float | None = None
     saved_usd: float | None = None
     """For a cache hit: what the call that produced the answer cost."""
+    retry_after_s: float | None = None
+    """For a failed attempt: the wait the provider asked for before a retry."""
 
 
 def estimated_usage(call: CallContext, reported: Usage | None, output_text: str) -> Usage:
@@ -120,6 +129,7 @@ def outcome_of_stream(call: CallContext, state: StreamState, status_code: int, t
         response_model=state.response_model,
         response_id=state.response_id,
         finish_reason=state.finish_reason,
+        service_tier=state.service_tier,
         ttft_ms=ttft_ms,
     )
 
@@ -174,6 +184,7 @@ class Recorder:
             error_class=outcome.error_class,
             error_message=outcome.error_message,
             finish_reason=outcome.finish_reason,
+            service_tier=outcome.service_tier or call.dialect.service_tier(call.body),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
@@ -196,7 +207,17 @@ class Recorder:
             agent_run_id=attribution.agent_run_id,
             agent_step=attribution.agent_step,
             properties=attribution.properties,
+            retry_after_s=outcome.retry_after_s,
         )
+        if usage.reported_cost_usd is not None:  # what the provider says it charged, beside meterline's price
+            event.properties = {**attribution.properties, "reported_cost_usd": f"{usage.reported_cost_usd:g}"}
+        if (shape := call.shape) is not None:
+            event.request_hash = shape.request_hash
+            event.prefix_hash = shape.prefix_hash
+            event.system_tokens = shape.system_tokens
+            event.max_tokens = shape.max_tokens
+            event.n_messages = shape.n_messages
+            event.tools_count = shape.tools_count
         if event.cache_status.startswith("hit"):
             event.cost_usd = 0.0  # answered from cache: no upstream call, nothing to pay
         elif (priced := self.price_table.price_event(event)) is not None:

@@ -1,14 +1,16 @@
-"""The proxy: accepts OpenAI- and Anthropic-style calls, forwards them upstream, meters each attempt.
+"""The proxy: accepts calls in each registered dialect's format, forwards them upstream, meters each attempt.
 
-For every call: authenticate, read and validate the body, read attribution, resolve the model
+Each dialect (OpenAI, Anthropic, Gemini, ...) lists its URLs as `Endpoint`s, which say where a
+call's model is (the body's `model`, or the URL) and whether it streams (the body's `stream`, or
+the URL). For every call: authenticate, read and validate the body, read attribution, resolve the model
 to a provider, forward, and record one usage event per upstream attempt. A failed attempt is
 retried, and then the model's fallbacks tried, by the rules of `meterline.gateway.retries`,
 skipping models whose circuit breaker is open (`meterline.gateway.breaker`). Non-streaming
 responses are returned byte for byte with `x-meterline-request-id` and `x-meterline-cost-usd`
 headers. Streams are forwarded event by event as they arrive; the event that completes a
 stream is held until the usage event is in the spool, and is preceded by an SSE comment
-`: x-meterline-cost-usd=<cost>` (SSE clients ignore comments). Every error a client sees is in
-the shape of the API it called.
+`: x-meterline-cost-usd=<cost>` (SSE clients ignore comments; dialects whose clients do not,
+Gemini's, go without). Every error a client sees is in the shape of the API it called.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from meterline.cache.service import Plan
 from meterline.config import Config
 from meterline.gateway.attribution import (
     PREFIX,
+    Attribution,
     AttributionError,
     attribution_from_headers,
     contradiction,
@@ -53,17 +56,17 @@ from meterline.gateway.retries import (
     retryable,
 )
 from meterline.gateway.sse import SSESplitter
-from meterline.providers.anthropic import AnthropicDialect
 from meterline.providers.base import (
     ApiError,
     Dialect,
+    Endpoint,
     PreparedRequest,
     ProviderFamily,
     RequestInvalid,
     classify_upstream_error,
+    dialects,
     error_details,
 )
-from meterline.providers.openai import OpenAIDialect
 
 REQUEST_ID_HEADER = "x-meterline-request-id"
 COST_HEADER = "x-meterline-cost-usd"
@@ -96,8 +99,8 @@ _NOT_RETURNED = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
 )
 
-OPENAI = OpenAIDialect()
-ANTHROPIC = AnthropicDialect()
+OPENAI = dialects()["openai"]
+ANTHROPIC = dialects()["anthropic"]
 
 
 @dataclass(slots=True)
@@ -171,21 +174,18 @@ class Gateway:
         }
 
     def routes(self) -> list[web.RouteDef]:
-        def handler(dialect: Dialect, operation: str):  # type: ignore[no-untyped-def]
+        def handler(dialect: Dialect, endpoint: Endpoint):  # type: ignore[no-untyped-def]
             async def handle(request: web.Request) -> web.StreamResponse:
-                return await self.proxy(request, dialect, operation)
+                return await self.proxy(request, dialect, endpoint)
 
             return handle
 
-        return [
-            web.post("/v1/chat/completions", handler(OPENAI, "chat")),
-            web.post("/v1/completions", handler(OPENAI, "completion")),
-            web.post("/v1/embeddings", handler(OPENAI, "embeddings")),
-            web.post("/v1/responses", handler(OPENAI, "responses")),
-            web.post("/v1/messages", handler(ANTHROPIC, "messages")),
-            web.post("/v1/messages/count_tokens", handler(ANTHROPIC, "count_tokens")),
-            web.get("/v1/models", self.list_models),
+        calls = [
+            web.post(endpoint.path, handler(dialect, endpoint))
+            for dialect in dialects().values()
+            for endpoint in dialect.endpoints
         ]
+        return [*calls, web.get("/v1/models", self.list_models)]
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -208,14 +208,15 @@ class Gateway:
             headers=headers,
         )
 
-    def authenticate(self, request: web.Request) -> Identity:
+    def authenticate(self, request: web.Request, dialect: Dialect) -> Identity:
         api_key = api_key_from_headers(request.headers)
+        if api_key is None and dialect.key_query is not None:
+            api_key = request.query.get(dialect.key_query) or None
         if api_key is None:
-            raise ClientError(
-                ApiError(
-                    401, "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'", "missing_api_key"
-                )
-            )
+            ways = "'Authorization: Bearer <key>', 'x-api-key', 'api-key' or 'x-goog-api-key'"
+            if dialect.key_query is not None:
+                ways += f" header, or the query parameter '{dialect.key_query}'"
+            raise ClientError(ApiError(401, f"missing API key: send it in {ways}", "missing_api_key"))
         identity = self.authenticator.authenticate(api_key)
         if identity is None:
             raise ClientError(ApiError(401, "invalid API key", "invalid_api_key"))
@@ -274,18 +275,36 @@ class Gateway:
         call.upstream_model = model.upstream_name
         return provider
 
-    async def accept(self, request: web.Request, dialect: Dialect, operation: str) -> tuple[CallContext, bytes]:
-        identity = self.authenticate(request)
+    async def accept(self, request: web.Request, dialect: Dialect, endpoint: Endpoint) -> tuple[CallContext, bytes]:
+        identity = self.authenticate(request, dialect)
         raw, body = await self.read_body(request)
         try:
-            dialect.validate(operation, body)
-            attribution = attribution_from_headers(request.headers)
+            endpoint.check_query(request.query)
+            requested_model = endpoint.requested_model(request.match_info, body)
+            dialect.validate(endpoint.operation, body)
         except RequestInvalid as exc:
             raise ClientError(ApiError(400, str(exc), "invalid_request", param=exc.param)) from exc
+        attribution = self.attribute(request.headers, identity, dialect.request_user(body))
+        call = CallContext(
+            operation=endpoint.operation,
+            dialect=dialect,
+            body=body,
+            identity=identity,
+            attribution=attribution,
+            requested_model=requested_model,
+            streaming=endpoint.streaming(body),
+            shape=dialect.request_shape(endpoint.operation, body),
+        )
+        return call, raw
+
+    def attribute(self, headers: Mapping[str, str], identity: Identity, body_user: str | None) -> Attribution:
+        """The call's attribution from its headers (and the body's user field), checked against its key's."""
+        try:
+            attribution = attribution_from_headers(headers)
         except AttributionError as exc:
             raise ClientError(ApiError(400, str(exc), "invalid_header", param=exc.header)) from exc
         header_user = attribution.user
-        attribution.user = attribution.user or dialect.request_user(body)
+        attribution.user = attribution.user or body_user
         key_defaults = {"team": identity.team, "app": identity.app, "user": identity.user}
         conflict = contradiction(attribution, key_defaults)
         if conflict is not None:
@@ -299,21 +318,13 @@ class Gateway:
                     param=f"{PREFIX}{conflict}" if source.startswith("header") else "user",
                 )
             )
-        call = CallContext(
-            operation=operation,
-            dialect=dialect,
-            body=body,
-            identity=identity,
-            attribution=attribution,
-            streaming=body.get("stream") is True,
-        )
-        return call, raw
+        return attribution
 
     async def list_models(self, request: web.Request) -> web.Response:
         anthropic_client = "anthropic-version" in request.headers
         dialect = ANTHROPIC if anthropic_client else OPENAI
         try:
-            self.authenticate(request)
+            self.authenticate(request, dialect)
         except ClientError as exc:
             return self.error_response(dialect, exc.error)
         if anthropic_client:
@@ -330,10 +341,11 @@ class Gateway:
 
     # ---- the call ----------------------------------------------------------------------------
 
-    async def proxy(self, request: web.Request, dialect: Dialect, operation: str) -> web.StreamResponse:
+    async def proxy(self, request: web.Request, dialect: Dialect, endpoint: Endpoint) -> web.StreamResponse:
+        operation = endpoint.operation
         try:
-            call, raw = await self.accept(request, dialect, operation)
-            provider = self.resolve(call, call.body["model"])
+            call, raw = await self.accept(request, dialect, endpoint)
+            provider = self.resolve(call, call.requested_model)
             most_retries = retries_limit(request.headers, call.identity.max_retries)
             if self.cache is not None and operation != "count_tokens":
                 call.cache_plan = self.plan_cache(call, request.headers)
@@ -369,7 +381,7 @@ class Gateway:
         try:
             admission = await self.guard.admit(call)
         except Refused as exc:
-            return self.failed(call, exc.error, "budget_blocked").response
+            return self.failed(call, exc.error, "budget_blocked", retry_after_s(exc.error.headers)).response
         model = call.requested_model
         if admission is not None and admission.served_model is not None:
             model = admission.served_model
@@ -414,7 +426,9 @@ class Gateway:
                 continue
             call.provider, call.upstream_model = target.provider.name, target.upstream_model
             call.served_model = "" if target.name == call.requested_model else target.name
-            prepared = target.provider.prepare(call.operation, call.body, raw, target.upstream_model, forwarded)
+            prepared = target.provider.prepare(
+                call.operation, call.body, raw, target.upstream_model, forwarded, call.streaming
+            )
             # a fallback's body already holds the usage request injected for the first model
             call.usage_injected = call.usage_injected or prepared.injected_usage_request
             retries = target.retries if most_retries is None else min(target.retries, most_retries)
@@ -522,7 +536,7 @@ class Gateway:
     ) -> web.Response:
         """Token counting costs nothing and is not metered: relay the provider's answer."""
         prepared = provider.prepare(
-            call.operation, call.body, raw, call.upstream_model, forward_headers(request.headers)
+            call.operation, call.body, raw, call.upstream_model, forward_headers(request.headers), streaming=False
         )
         assert self.session is not None, "Gateway.start() was not awaited"
         total_s = provider.config.timeout.total_s
@@ -570,43 +584,46 @@ class Gateway:
             if upstream.status < 400:
                 return self.failed(call, error, "invalid_response")
             # an error page from something in front of the provider (a 503 from a load balancer): its status counts
-            attempt = self.failed(call, error, classify_upstream_error(upstream.status, None, ""))
-            attempt.status, attempt.retry_after_s = upstream.status, retry_after_s(upstream.headers)
+            retry_after = retry_after_s(upstream.headers)
+            attempt = self.failed(call, error, classify_upstream_error(upstream.status, None, ""), retry_after)
+            attempt.status = upstream.status
             return attempt
-        retry_after = None
         if upstream.status >= 400:
             code, message = error_details(payload)
             outcome = Outcome(
                 status_code=upstream.status,
                 error_class=classify_upstream_error(upstream.status, code, message),
                 error_message=message[:500] or None,
+                retry_after_s=retry_after_s(upstream.headers),
             )
-            retry_after = retry_after_s(upstream.headers)
         else:
             usage = provider.usage_from_response(call.operation, payload)
             if self.keep_output_text:
                 call.output_text = provider.response_text(call.operation, payload)
+            response_model, response_id = provider.response_ids(payload)
             outcome = Outcome(
                 status_code=upstream.status,
                 usage=usage or estimated_usage(call, None, provider.response_text(call.operation, payload)),
                 estimated=usage is None,
-                response_model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-                response_id=payload.get("id") if isinstance(payload.get("id"), str) else None,
+                response_model=response_model,
+                response_id=response_id,
                 finish_reason=provider.finish_reason(call.operation, payload),
+                service_tier=provider.service_tier(call.operation, payload),
             )
         event = self.recorder.record(call, outcome)
         headers = returned_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = call.request_id
         headers[COST_HEADER] = format_cost(event.cost_usd)
         response = web.Response(status=upstream.status, body=body, headers=headers)
-        return Attempt(response, outcome.error_class, upstream.status, outcome.error_message, retry_after)
+        return Attempt(response, outcome.error_class, upstream.status, outcome.error_message, outcome.retry_after_s)
 
-    def failed(self, call: CallContext, error: ApiError, error_class: str) -> Attempt:
-        self.recorder.record(
-            call, Outcome(status_code=error.status, error_class=error_class, error_message=error.message)
+    def failed(self, call: CallContext, error: ApiError, error_class: str, retry_after: float | None = None) -> Attempt:
+        outcome = Outcome(
+            status_code=error.status, error_class=error_class, error_message=error.message, retry_after_s=retry_after
         )
+        self.recorder.record(call, outcome)
         response = self.error_response(call.dialect, error, call.request_id)
-        return Attempt(response, error_class, error.status, error.message)
+        return Attempt(response, error_class, error.status, error.message, retry_after)
 
     async def stream(
         self,
@@ -699,7 +716,8 @@ class Gateway:
                 error_class = meter.state.error_class
             else:
                 cost = record(upstream.status)
-                await response.write(f": {COST_HEADER}={format_cost(cost)}\n\n".encode())
+                if call.dialect.sends_cost_comment:
+                    await response.write(f": {COST_HEADER}={format_cost(cost)}\n\n".encode())
                 for out in held:
                     await response.write(out)
             await response.write_eof()

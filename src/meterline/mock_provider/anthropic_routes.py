@@ -6,7 +6,10 @@ are reported as `cache_read_input_tokens` and `cache_creation_input_tokens` (spl
 5-minute and 1-hour parts in `cache_creation`). A stream sends message_start (input usage,
 output_tokens 1), content_block_start, ping, text deltas, content_block_stop, message_delta
 (stop reason and cumulative usage) and message_stop. count_tokens reports the full prompt
-as counted (`tokens.py`), ignoring cache headers.
+as counted (`tokens.py`: text, tool definitions, tool-use blocks, images), ignoring cache
+headers. `usage.service_tier` is `standard` for `service_tier: standard_only`; for `auto` (the
+default) it is `x-mock-service-tier` if sent (`priority`, as for an account with Priority Tier
+capacity), else `standard`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from meterline.mock_provider.errors import (
     AUTHENTICATION,
     CONTEXT_LENGTH,
     INVALID_REQUEST,
+    NOT_FOUND,
     OVERLOADED,
     RATE_LIMIT,
     SERVER,
@@ -28,17 +32,27 @@ from meterline.mock_provider.errors import (
 from meterline.mock_provider.pipeline import Answer, Call, Family
 from meterline.mock_provider.reply import Reply, new_id
 from meterline.mock_provider.sse import typed_event
-from meterline.mock_provider.tokens import MESSAGE_OVERHEAD, content_tokens, messages_tokens, reply_chunks, reply_text
+from meterline.mock_provider.tokens import (
+    MESSAGE_OVERHEAD,
+    content_tokens,
+    messages_tokens,
+    reply_chunks,
+    reply_text,
+    tools_tokens,
+)
 
 # kind -> (status, error type, standard message)
 _ERRORS: dict[str, tuple[int, str, str]] = {
     INVALID_REQUEST: (400, "invalid_request_error", "Invalid request."),
+    NOT_FOUND: (404, "not_found_error", "Not found."),
     AUTHENTICATION: (401, "authentication_error", "invalid x-api-key"),
     RATE_LIMIT: (429, "rate_limit_error", "Number of requests has exceeded your rate limit (mock fault)."),
     SERVER: (500, "api_error", "Internal server error (mock fault)."),
     OVERLOADED: (529, "overloaded_error", "Overloaded (mock fault)."),
     CONTEXT_LENGTH: (400, "invalid_request_error", "prompt is too long: 200001 tokens > 200000 maximum"),
 }
+
+SERVICE_TIERS = ("auto", "standard_only")
 
 # message_delta repeats these, cumulatively, as the real API does
 _CUMULATIVE_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
@@ -60,7 +74,7 @@ def messages(call: Call) -> Answer:
     if body.get("max_tokens") is None:
         raise ApiError(INVALID_REQUEST, "max_tokens: Field required")
     reply = call.plan("max_tokens")
-    usage = _usage(reply, reply.prompt_total(_prompt_tokens(body)))
+    usage = _usage(reply, reply.prompt_total(_prompt_tokens(body)), _served_tier(call))
     stop_reason = "max_tokens" if reply.cut else "end_turn"
     message = {
         "id": new_id("msg_"),
@@ -104,7 +118,8 @@ def messages(call: Call) -> Answer:
             {"type": "message_stop"},
         )
     ]
-    return StreamAnswer(events)
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": _ERRORS[OVERLOADED][2]}}
+    return StreamAnswer(events, lambda sent: typed_event(error))
 
 
 def count_tokens(call: Call) -> Answer:
@@ -112,16 +127,23 @@ def count_tokens(call: Call) -> Answer:
     return JsonAnswer({"input_tokens": _prompt_tokens(call.body)})
 
 
+def _served_tier(call: Call) -> str:
+    asked = call.body.get("service_tier", "auto")
+    if asked not in SERVICE_TIERS:
+        raise ApiError(INVALID_REQUEST, f"service_tier: Input should be {' or '.join(map(repr, SERVICE_TIERS))}")
+    return "standard" if asked == "standard_only" else call.headers.get("x-mock-service-tier", "standard")
+
+
 def _prompt_tokens(body: dict[str, Any]) -> int:
-    """Messages plus the system prompt (a string or text blocks), as counted by `tokens.py`."""
-    tokens = messages_tokens(_require(body, "messages", list))
+    """Messages, the system prompt (a string or text blocks) and tool definitions, as counted by `tokens.py`."""
+    tokens = messages_tokens(_require(body, "messages", list)) + tools_tokens(body)
     system = body.get("system")
     if system:
         tokens += MESSAGE_OVERHEAD + content_tokens(system)
     return tokens
 
 
-def _usage(reply: Reply, prompt_tokens: int) -> dict[str, Any]:
+def _usage(reply: Reply, prompt_tokens: int, service_tier: str) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens - reply.cached_tokens - reply.cache_write_tokens,
         "cache_creation_input_tokens": reply.cache_write_tokens,
@@ -131,7 +153,7 @@ def _usage(reply: Reply, prompt_tokens: int) -> dict[str, Any]:
             "ephemeral_1h_input_tokens": reply.cache_write_1h_tokens,
         },
         "output_tokens": reply.output_tokens,
-        "service_tier": "standard",
+        "service_tier": service_tier,
     }
 
 

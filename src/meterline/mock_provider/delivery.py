@@ -10,13 +10,14 @@ per-token delay the whole stream goes out in one write).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from meterline.mock_provider.faults import DISCONNECT, MALFORMED, STALL, TRUNCATED, timeout_seconds
+from meterline.mock_provider.faults import DISCONNECT, MALFORMED, STALL, STREAM_ERROR, TRUNCATED, timeout_seconds
 from meterline.mock_provider.settings import MockSettings
 
 JSON_CONTENT_TYPE = "application/json"
@@ -33,6 +34,8 @@ class JsonAnswer:
 @dataclass(frozen=True, slots=True)
 class StreamAnswer:
     events: list[tuple[bytes, int]]  # (encoded SSE event, output tokens it carries)
+    failure: Callable[[int], bytes] | None = None
+    """The event(s) the API sends when a stream fails after the given number of events (`stream_error`)."""
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,6 +61,9 @@ async def deliver(
         elif fault == TRUNCATED:
             payload = b"".join(event for event, _ in events)
             events = [(payload[: len(payload) // 2], 0)]
+        elif fault == STREAM_ERROR and answer.failure is not None:
+            sent = max(1, len(events) // 2)
+            events = [*events[:sent], (answer.failure(sent), 0)]
         stall_s = timeout_seconds(request.headers) if fault == STALL else None
         return await _send_stream(request, events, fault in (DISCONNECT, TRUNCATED), settings, headers, stall_s)
     delay_ms = settings.latency_ms + settings.per_token_ms * answer.output_tokens

@@ -15,6 +15,8 @@ RATE_LIMIT = "rate_limit"
 SERVER = "server"
 OVERLOADED = "overloaded"
 CONTEXT_LENGTH = "context_length"
+NOT_FOUND = "not_found"
+UNPROCESSABLE = "unprocessable"
 
 
 class ApiError(Exception):

@@ -18,7 +18,11 @@ models (the body's `model`) are faulted, so a fallback to another model can succ
 - `truncated`: the connection is closed after half the body's bytes (a JSON body declares its
   full Content-Length; a stream is cut mid-event);
 - `stall`: half the answer (half a stream's events, half a JSON body's bytes) is sent, then the
-  mock goes silent for `x-mock-timeout-s` seconds (default 30) before sending the rest.
+  mock goes silent for `x-mock-timeout-s` seconds (default 30) before sending the rest;
+- `stream_error`: a stream sends half its events, then the error its API sends when a stream
+  fails (chat and completions a `data: {"error": ...}` chunk, the Responses API an `error`
+  event and `response.failed`, Anthropic an `overloaded_error` `error` event) and ends; a
+  non-stream request gets a 500.
 
 `ERROR_FAULTS` answer at once with an error; `DELIVERY_FAULTS` change how the answer is sent
 (see `delivery.py`); `timeout` delays it.
@@ -53,7 +57,8 @@ MALFORMED = "malformed"
 DISCONNECT = "disconnect"
 TRUNCATED = "truncated"
 STALL = "stall"
-DELIVERY_FAULTS = (MALFORMED, DISCONNECT, TRUNCATED, STALL)
+STREAM_ERROR = "stream_error"
+DELIVERY_FAULTS = (MALFORMED, DISCONNECT, TRUNCATED, STALL, STREAM_ERROR)
 FAULT_NAMES = (*ERROR_FAULTS, TIMEOUT, *DELIVERY_FAULTS)
 
 DEFAULT_TIMEOUT_S = 30.0

@@ -5,8 +5,12 @@ Shapes follow OpenAI's API reference. Streams send `chat.completion.chunk` (or
 chunk per choice with its `finish_reason`, then, when `stream_options.include_usage` is
 true, a chunk with `"choices": []` and the usage (every earlier chunk carrying
 `"usage": null`), and `data: [DONE]`. `n` choices each get the same reply; completion
-tokens count every choice. Reasoning tokens are part of `completion_tokens`.
-The Responses API lives in `openai_responses.py`.
+tokens count every choice. Reasoning tokens are part of `completion_tokens`. Prompt tokens
+count tool definitions, tool calls and images (`tokens.py`). The `service_tier` served is the
+request's (`fast` is served as `priority`); for `auto` or none it is `x-mock-service-tier` if
+sent, else `default`. The Responses API lives in `openai_responses.py`, files and batches in
+`openai_batches.py`; `x-mock-compat` (see `compat.py`) makes chat and completions answer as an
+OpenAI-compatible server does.
 """
 
 from __future__ import annotations
@@ -23,20 +27,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from meterline.mock_provider import compat
 from meterline.mock_provider.delivery import JsonAnswer, StreamAnswer, json_response
 from meterline.mock_provider.errors import (
     AUTHENTICATION,
     CONTEXT_LENGTH,
     INVALID_REQUEST,
+    NOT_FOUND,
     OVERLOADED,
     RATE_LIMIT,
     SERVER,
+    UNPROCESSABLE,
     ApiError,
 )
 from meterline.mock_provider.pipeline import Answer, Call, Family
 from meterline.mock_provider.reply import Reply, new_id
 from meterline.mock_provider.sse import DONE, data_event
-from meterline.mock_provider.tokens import messages_tokens, prompt_tokens, reply_chunks, reply_text
+from meterline.mock_provider.tokens import messages_tokens, prompt_tokens, reply_chunks, reply_text, tools_tokens
 
 SYSTEM_FINGERPRINT = "fp_meterline_mock"
 DEFAULT_EMBEDDING_DIMENSIONS = 8
@@ -44,10 +51,12 @@ _WORD = re.compile(r"\w+")
 MAX_DIMENSIONS = 8192
 MAX_CHOICES = 128
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embedding")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
 
 # kind -> (status, error type, code, standard message)
 _ERRORS: dict[str, tuple[int, str, str | None, str]] = {
     INVALID_REQUEST: (400, "invalid_request_error", None, "Invalid request."),
+    NOT_FOUND: (404, "invalid_request_error", None, "Not found."),
     AUTHENTICATION: (
         401,
         "invalid_request_error",
@@ -64,6 +73,7 @@ _ERRORS: dict[str, tuple[int, str, str | None, str]] = {
         "This model's maximum context length is 128000 tokens. However, your messages resulted in "
         "more tokens. Please reduce the length of the messages.",
     ),
+    UNPROCESSABLE: (422, "invalid_request_error", None, "Unprocessable entity."),
 }
 
 
@@ -93,16 +103,33 @@ def require_model(body: dict[str, Any]) -> str:
     return model
 
 
+def served_tier(call: Call) -> str:
+    """The `service_tier` a reply reports (see the module docstring); a 400 for a tier OpenAI does not have."""
+    asked = call.body.get("service_tier")
+    if asked is not None and asked not in SERVICE_TIERS:
+        raise ApiError(
+            INVALID_REQUEST,
+            f"Invalid value for 'service_tier': {asked!r}; supported values are: {', '.join(SERVICE_TIERS)}.",
+            param="service_tier",
+        )
+    if asked in (None, "auto"):
+        return call.headers.get("x-mock-service-tier", "default")
+    return "priority" if asked == "fast" else str(asked)
+
+
 def chat_completions(call: Call) -> Answer:
     body = call.body
     model = require_model(body)
     messages = _require_messages(body)
+    server = compat.server_of(call.headers, body)
     reply = call.plan("max_completion_tokens", "max_tokens")
     choices = _choice_count(body)
-    usage = _usage(reply, reply.prompt_total(messages_tokens(messages)), choices)
+    prompt_tokens = reply.prompt_total(messages_tokens(messages) + tools_tokens(body))
+    usage = compat.shaped_usage(server, _usage(reply, prompt_tokens, choices), reply)
     finish_reason = "length" if reply.cut else "stop"
     stream = bool(body.get("stream"))
     head = _head(new_id("chatcmpl-"), "chat.completion.chunk" if stream else "chat.completion", model)
+    head["service_tier"] = served_tier(call)
     if not stream:
         message = {"role": "assistant", "content": reply_text(reply.output_tokens), "refusal": None, "annotations": []}
         choice_list = [
@@ -118,16 +145,18 @@ def chat_completions(call: Call) -> Answer:
         ),
         ({"delta": {}, "logprobs": None, "finish_reason": finish_reason}, 0),
     ]
-    return _chunk_stream(head, steps, choices, usage, _include_usage(body))
+    return _chunk_stream(head, steps, choices, usage, server, _include_usage(body))
 
 
 def completions(call: Call) -> Answer:
     body = call.body
     model = require_model(body)
     prompts = _text_inputs(body, "prompt")
+    server = compat.server_of(call.headers, body)
     reply = call.plan("max_tokens")
     choices = len(prompts) * _choice_count(body)
-    usage = _usage(reply, reply.prompt_total(sum(prompt_tokens(prompt) for prompt in prompts)), choices)
+    prompt_size = reply.prompt_total(sum(prompt_tokens(prompt) for prompt in prompts))
+    usage = compat.shaped_usage(server, _usage(reply, prompt_size, choices), reply)
     finish_reason = "length" if reply.cut else "stop"
     head = _head(new_id("cmpl-"), "text_completion", model)
     if not body.get("stream"):
@@ -143,7 +172,7 @@ def completions(call: Call) -> Answer:
         ),
         ({"text": "", "logprobs": None, "finish_reason": finish_reason}, 0),
     ]
-    return _chunk_stream(head, steps, choices, usage, _include_usage(body))
+    return _chunk_stream(head, steps, choices, usage, server, _include_usage(body))
 
 
 def embeddings(call: Call) -> Answer:
@@ -164,7 +193,7 @@ def embeddings(call: Call) -> Answer:
         )
     data = []
     for index, item in enumerate(inputs):
-        vector = _embedding(item if isinstance(item, str) else orjson.dumps(item).decode(), dimensions)
+        vector = embedding_vector(item if isinstance(item, str) else orjson.dumps(item).decode(), dimensions)
         embedding: tuple[float, ...] | str = (
             vector if encoding == "float" else base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
         )
@@ -188,7 +217,6 @@ def _head(completion_id: str, object_type: str, model: str) -> dict[str, Any]:
         "object": object_type,
         "created": int(time.time()),
         "model": model,
-        "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 
@@ -214,19 +242,30 @@ def _chunk_stream(
     steps: list[tuple[dict[str, Any], int]],
     choices: int,
     usage: dict[str, Any],
+    server: str | None,
     include_usage: bool,
 ) -> StreamAnswer:
-    """Each step once per choice, then the usage chunk if asked for, then [DONE]."""
-    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
-    events = [
-        (data_event({**head, "choices": [{"index": index, **step}], **usage_field}), tokens if index == 0 else 0)
+    """Each step once per choice, then the usage chunk if asked for, then [DONE] (a compatible server's usage
+    where it puts it, see `compat.py`)."""
+    placement = compat.stream_usage(server, include_usage)
+    usage_field: dict[str, Any] = {"usage": None} if placement == compat.USAGE_CHUNK else {}
+    chunks = [
+        ({**head, "choices": [{"index": index, **step}], **usage_field}, tokens if index == 0 else 0)
         for step, tokens in steps
         for index in range(choices)
     ]
-    if include_usage:
+    if placement == compat.USAGE_ON_LAST:
+        chunks[-1][0]["usage"] = usage
+    elif placement == compat.USAGE_X_GROQ:
+        chunks[-1][0]["x_groq"] = {"id": new_id("req_"), "usage": usage}
+    events = [(data_event(chunk), tokens) for chunk, tokens in chunks]
+    if placement == compat.USAGE_CHUNK:
         events.append((data_event({**head, "choices": [], "usage": usage}), 0))
+    if server == "openrouter":
+        events.insert(0, (compat.OPENROUTER_COMMENT, 0))
     events.append((DONE, 0))
-    return StreamAnswer(events)
+    error = {"message": _ERRORS[SERVER][3], "type": "server_error", "param": None, "code": None}
+    return StreamAnswer(events, lambda sent: data_event({"error": error}))
 
 
 def _require_messages(body: dict[str, Any]) -> list[Any]:
@@ -286,7 +325,7 @@ def _is_token_array(value: object) -> bool:
 
 
 @lru_cache(maxsize=1024)
-def _embedding(text: str, dimensions: int) -> tuple[float, ...]:
+def embedding_vector(text: str, dimensions: int) -> tuple[float, ...]:
     """A unit vector from the text's words: each word adds ±1 on the dimension its CRC-32 picks.
 
     The same text always gets the same vector, and texts sharing most of their words get similar

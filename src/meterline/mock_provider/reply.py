@@ -8,10 +8,12 @@ and a reply so capped is "cut" (finish_reason "length", stop_reason "max_tokens"
 - `x-mock-cached-tokens`: prompt tokens read from cache;
 - `x-mock-cache-write-tokens`: prompt tokens written to cache, of which
   `x-mock-cache-write-1h-tokens` with a 1-hour lifetime (the rest 5 minutes);
-- `x-mock-reasoning-tokens`: reasoning tokens, added to the visible output tokens.
+- `x-mock-reasoning-tokens`: reasoning tokens, added to the visible output tokens;
+- `x-mock-prompt-tokens`: the prompt's size to report instead of its counted tokens (to reach a
+  long-context price tier without sending that much text).
 
-Cache reads and writes are part of the prompt, so a prompt whose counted tokens are fewer
-than reads + writes is reported as reads + writes tokens long.
+Cache reads and writes are part of the prompt, so a prompt whose counted (or stated) tokens are
+fewer than reads + writes is reported as reads + writes tokens long.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ class Reply:
     cache_write_tokens: int
     cache_write_1h_tokens: int
     reasoning_tokens: int
+    prompt_tokens: int | None = None
+    """The prompt size `x-mock-prompt-tokens` states; None: count the prompt."""
 
     def prompt_total(self, counted_tokens: int) -> int:
-        """Prompt tokens to report: the counted tokens, at least the cache reads plus writes."""
-        return max(counted_tokens, self.cached_tokens + self.cache_write_tokens)
+        """Prompt tokens to report: the counted (or stated) tokens, at least the cache reads plus writes."""
+        size = counted_tokens if self.prompt_tokens is None else self.prompt_tokens
+        return max(size, self.cached_tokens + self.cache_write_tokens)
 
 
 def plan_reply(
@@ -67,6 +72,7 @@ def plan_reply(
         cache_write_tokens=max(header_int(headers, "x-mock-cache-write-tokens") or 0, cache_write_1h),
         cache_write_1h_tokens=cache_write_1h,
         reasoning_tokens=header_int(headers, "x-mock-reasoning-tokens") or 0,
+        prompt_tokens=header_int(headers, "x-mock-prompt-tokens"),
     )
 
 

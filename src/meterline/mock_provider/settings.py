@@ -14,7 +14,9 @@ class MockSettings:
 
     `fault` is injected on a deterministic `fault_rate` fraction of API requests (request i is
     faulted when floor(i * rate) > floor((i - 1) * rate), so 0.5 faults every second request).
-    `require_key`, when set, must arrive as `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    `require_key`, when set, must arrive as `Authorization: Bearer KEY`, `x-api-key: KEY`,
+    `api-key: KEY`, `x-goog-api-key: KEY` or `?key=KEY`. `batch_delay_s` is how long a batch
+    runs before it completes (`x-mock-batch-delay-s` on the create request overrides it).
     """
 
     latency_ms: float = 0
@@ -24,6 +26,7 @@ class MockSettings:
     fault_rate: float = 1.0
     require_key: str | None = None
     stream_chunk_tokens: int = 1
+    batch_delay_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0 or self.per_token_ms < 0:
@@ -36,3 +39,5 @@ class MockSettings:
             raise ValueError("fault_rate must be between 0 and 1")
         if self.stream_chunk_tokens < 1:
             raise ValueError("stream_chunk_tokens must be >= 1")
+        if self.batch_delay_s < 0:
+            raise ValueError("batch_delay_s must be >= 0")

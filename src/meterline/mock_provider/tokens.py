@@ -5,7 +5,12 @@ The rule: a text's token count is its number of whitespace-separated words
 are the tokens of all its text (string contents, and the `text` of every content part or
 block, including blocks nested in a part's `content`, such as tool results) plus
 `MESSAGE_OVERHEAD` for every message and for a top-level system prompt or instructions.
-Images, tool calls and tool definitions count nothing. A prompt or embedding input given as
+Structured parts count the word runs (runs of letters, digits and `_`) of their compact JSON:
+each tool definition in `tools` (as sent), each tool call a message carries (a chat
+`tool_calls` entry's `function`, a Responses `function_call` item's name and arguments, an
+Anthropic `tool_use` block's name and input). A Responses `function_call_output` counts its
+`output` text. Each image part (`image_url`, `input_image`, Anthropic `image`) counts
+`IMAGE_TOKENS`, OpenAI's price of a low-detail image. A prompt or embedding input given as
 a token array counts its length.
 
 The reply to a request for N output tokens is the N words "word0 word1 ... wordN-1", which
@@ -14,9 +19,16 @@ is exactly N tokens by the same rule.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from typing import Any
+
+import orjson
 
 MESSAGE_OVERHEAD = 3
+IMAGE_TOKENS = 85
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+_WORD_RUN = re.compile(r"\w+")
 
 
 def count_tokens(text: str) -> int:
@@ -24,8 +36,13 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+def structure_tokens(value: Any) -> int:
+    """Tokens of structured data (a tool definition, a tool call): the word runs of its compact JSON."""
+    return len(_WORD_RUN.findall(orjson.dumps(value).decode()))
+
+
 def content_tokens(content: object) -> int:
-    """Tokens of a message content: a string, or a list of strings and parts carrying `text`."""
+    """Tokens of a message content: a string, or a list of strings, text parts, images and tool-use blocks."""
     if isinstance(content, str):
         return count_tokens(content)
     if not isinstance(content, list):
@@ -35,19 +52,47 @@ def content_tokens(content: object) -> int:
         if isinstance(part, str):
             total += count_tokens(part)
         elif isinstance(part, dict):
-            text = part.get("text")
-            if isinstance(text, str):
-                total += count_tokens(text)
-            if "content" in part:
-                total += content_tokens(part["content"])
+            total += _part_tokens(part)
+    return total
+
+
+def _part_tokens(part: dict[str, Any]) -> int:
+    if part.get("type") in IMAGE_PART_TYPES:
+        return IMAGE_TOKENS
+    if part.get("type") == "tool_use":
+        return structure_tokens([part.get("name"), part.get("input")])
+    total = 0
+    text = part.get("text")
+    if isinstance(text, str):
+        total += count_tokens(text)
+    if "content" in part:
+        total += content_tokens(part["content"])
     return total
 
 
 def messages_tokens(messages: list[object]) -> int:
-    """Tokens of a list of messages: each message's content plus the per-message overhead."""
-    return sum(
-        MESSAGE_OVERHEAD + content_tokens(message.get("content")) for message in messages if isinstance(message, dict)
-    )
+    """Tokens of a list of messages (or Responses input items), each plus the per-message overhead."""
+    return sum(MESSAGE_OVERHEAD + _message_tokens(message) for message in messages if isinstance(message, dict))
+
+
+def _message_tokens(message: dict[str, Any]) -> int:
+    kind = message.get("type")
+    if kind == "function_call":
+        return structure_tokens([message.get("name"), message.get("arguments")])
+    if kind == "function_call_output":
+        output = message.get("output")
+        return content_tokens(output) if isinstance(output, str | list) else 0
+    total = content_tokens(message.get("content"))
+    tool_calls = message.get("tool_calls")
+    if isinstance(tool_calls, list):
+        total += sum(structure_tokens(call.get("function")) for call in tool_calls if isinstance(call, dict))
+    return total
+
+
+def tools_tokens(body: dict[str, Any]) -> int:
+    """Tokens of a request's tool definitions (`tools`), each counted as structured data."""
+    tools = body.get("tools")
+    return sum(structure_tokens(tool) for tool in tools) if isinstance(tools, list) else 0
 
 
 def prompt_tokens(prompt: object) -> int:

@@ -51,9 +51,13 @@ class OtlpExporter:
         provider_urls: Mapping[str, str],
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
+        provider_systems: Mapping[str, str] | None = None,
     ) -> None:
+        """`provider_urls` and `provider_systems` map each provider's name in the config to its base URL and to
+        the `gen_ai.provider.name` it exports (default: the name itself)."""
         self.config = config
         self.servers = {name: server_of(url) for name, url in provider_urls.items()}
+        self.systems = dict(provider_systems or {})
         self.resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
         self.scope = InstrumentationScope(names.GATEWAY_SCOPE, __version__)
         self.sampler = TraceIdRatioBased(config.sample_ratio)
@@ -115,14 +119,14 @@ class OtlpExporter:
         first = events[0]
         name = f"{first.operation} {first.requested_model}"
         if self.sampler.should_sample(None, trace_id_of(first), name).decision.is_sampled():
-            server = self.servers.get(first.provider)
-            for span in call_spans(events, parameters, self.resource, self.scope, server, content or {}):
+            server, system = self.servers.get(first.provider), self.systems.get(first.provider, first.provider)
+            for span in call_spans(events, parameters, self.resource, self.scope, server, content or {}, system):
                 self.spans.on_end(span)
 
     def record_metrics(self, event: UsageEvent) -> None:
         attributes: dict[str, str] = {
             names.OPERATION[0]: names.EXPORTED_OPERATION.get(event.operation, event.operation),
-            names.PROVIDER[0]: event.provider,
+            names.PROVIDER[0]: self.systems.get(event.provider, event.provider),
             names.REQUEST_MODEL[0]: event.requested_model,
         }
         if event.response_model:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 OPERATION = ("gen_ai.operation.name", "llm.request.type")
 METERLINE_OPERATION = "meterline.operation"
-"""meterline's own operation name (chat, completion, embeddings, responses, messages), beside the semconv one."""
+"""meterline's own operation name (chat, completion, embeddings, responses, messages, generate_content), beside
+the semconv one."""
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.vendor")
 REQUEST_MODEL = ("gen_ai.request.model", "llm.request.model")
 RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model")
@@ -135,6 +136,7 @@ EXPORTED_OPERATION: dict[str, str] = {
     "chat": "chat",
     "messages": "chat",
     "responses": "chat",
+    "generate_content": "generate_content",
     "completion": "text_completion",
     "embeddings": "embeddings",
 }
@@ -142,7 +144,7 @@ EXPORTED_OPERATION: dict[str, str] = {
 
 INGESTED_OPERATION: dict[str, str] = {
     "chat": "chat",
-    "generate_content": "chat",
+    "generate_content": "generate_content",
     "text_completion": "completion",
     "completion": "completion",
     "embeddings": "embeddings",
@@ -174,6 +176,22 @@ INGESTED_PROVIDER: dict[str, str] = {
     "mistral_ai": "mistral",
 }
 """`gen_ai.provider.name` / `gen_ai.system` (lower-cased) -> the genai-prices provider id meterline prices by."""
+
+EXPORTED_PROVIDER: dict[str, str] = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google": "gcp.gemini",
+    "azure": "azure.ai.openai",
+    "aws": "aws.bedrock",
+    "deepseek": "deepseek",
+    "groq": "groq",
+    "mistral": "mistral_ai",
+    "x-ai": "x_ai",
+    "perplexity": "perplexity",
+    "cohere": "cohere",
+}
+"""A provider's genai-prices id -> the `gen_ai.provider.name` it exports (the semconv's well-known values);
+a provider priced by none of these exports its name in the config."""
 
 # ---- metrics --------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ queue (a full queue drops the call from export and counts it; its event is in th
 regardless). A sender thread, waking every 50 ms, takes calls off the queue in batches, reduces each to its events,
 request parameters and (only with `capture_content`) its prompt and answer, encodes the batch
 as JSON and writes it to a pipe. A child process (`run_exporter`) decodes the batches and
-hands every call to `OtlpExporter`.
+hands every call to `OtlpExporter`. It runs at a lower priority (niceness +10): on a busy
+host it yields the CPU to the processes that serve requests and catches up when they idle.
 
 On shutdown the sender sends what is queued and an empty batch; the child then flushes the SDK
 and exits. A child whose parent died sees the pipe close and exits the same way. The child
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -42,6 +44,8 @@ log = logging.getLogger("meterline.otel.pipeline")
 BATCH_CALLS = 512
 SEND_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 60.0
+EXPORTER_NICENESS = 10
+"""Export is background work: on a busy host the exporter process yields the CPU to the request path."""
 _STOP = object()
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -53,9 +57,13 @@ _decoder = msgspec.json.Decoder(Batch)
 class ExportPipeline:
     """The gateway side: a `CallObserver` feeding the exporter process."""
 
-    def __init__(self, config: OtelExportConfig, provider_urls: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: OtelExportConfig, provider_urls: Mapping[str, str], provider_systems: Mapping[str, str]
+    ) -> None:
+        """See `OtlpExporter` for `provider_urls` and `provider_systems`."""
         self.config = config
         self.provider_urls = dict(provider_urls)
+        self.provider_systems = dict(provider_systems)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.max_queue)
         self.sent = 0
         self.dropped = 0
@@ -67,7 +75,7 @@ class ExportPipeline:
         receiving, sending = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
             target=run_exporter,
-            args=(self.config, self.provider_urls, receiving),
+            args=(self.config, self.provider_urls, self.provider_systems, receiving),
             name="meterline-otlp-exporter",
             daemon=True,
         )
@@ -151,12 +159,18 @@ class ExportPipeline:
         return True
 
 
-def run_exporter(config: OtelExportConfig, provider_urls: Mapping[str, str], connection: Connection) -> None:
+def run_exporter(
+    config: OtelExportConfig,
+    provider_urls: Mapping[str, str],
+    provider_systems: Mapping[str, str],
+    connection: Connection,
+) -> None:
     """The exporter process: export every call it is sent until an empty batch or the pipe closes."""
     from meterline.otel.export import OtlpExporter
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exporter = OtlpExporter(config, provider_urls)
+    os.nice(EXPORTER_NICENESS)
+    exporter = OtlpExporter(config, provider_urls, provider_systems=provider_systems)
     with contextlib.suppress(EOFError, OSError):
         while payload := connection.recv_bytes():
             for events, parameters, content in _decoder.decode(payload):

@@ -67,12 +67,14 @@ def attribution_attributes(event: UsageEvent) -> Attributes:
     return attributes
 
 
-def attempt_attributes(event: UsageEvent, parameters: Mapping[str, Any], server: tuple[str, int] | None) -> Attributes:
-    """The attributes of one attempt's CLIENT span."""
+def attempt_attributes(
+    event: UsageEvent, parameters: Mapping[str, Any], server: tuple[str, int] | None, system: str
+) -> Attributes:
+    """The attributes of one attempt's CLIENT span; `system` is its provider's `gen_ai.provider.name`."""
     attributes: Attributes = {
         names.OPERATION[0]: names.EXPORTED_OPERATION.get(event.operation, event.operation),
         names.METERLINE_OPERATION: event.operation,
-        names.PROVIDER[0]: event.provider,
+        names.PROVIDER[0]: system,
         names.REQUEST_MODEL[0]: event.requested_model,
         names.STREAMING[0]: event.streaming,
         names.REQUEST_ID: event.request_id,
@@ -115,6 +117,7 @@ def call_spans(
     scope: InstrumentationScope,
     server: tuple[str, int] | None,
     content: Mapping[str, str],
+    system: str,
 ) -> list[ReadableSpan]:
     """The request's SERVER span and one CLIENT span per attempt (siblings under it), ended.
 
@@ -160,7 +163,7 @@ def call_spans(
     ]
     for event in events:
         context = SpanContext(trace_id, int(event.span_id or "1", 16), is_remote=False, trace_flags=_SAMPLED)
-        attributes = attempt_attributes(event, parameters, server)
+        attributes = attempt_attributes(event, parameters, server, system)
         if event is last:
             attributes.update(content)
         spans.append(

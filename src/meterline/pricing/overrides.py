@@ -18,7 +18,15 @@ It is the YAML file named by `pricing.overrides` in the config. Its shape::
                                   #   matching base cache rate is given
       - provider: local
         model: qwen-32b
-        gpu: {usd_per_hour: 2.50, input_tokens_per_hour: 20000000, output_tokens_per_hour: 2500000}
+        gpu: {usd_per_hour: 2.50, input_tokens_per_hour: 20000000, output_tokens_per_hour: 2500000, utilization: 0.5}
+
+    variants:                     # batch and service-tier prices (see meterline.pricing.variants)
+      - provider: openai
+        processing: batch         # batch results; or service_tier: flex (priority, ...: as the provider names it)
+        models: ["gpt-4o*"]       # globs; omitted = every model of that provider
+        percent_of_standard: 50   # these calls pay this share of the standard rates in effect; or give
+                                  #   input_mtok/output_mtok (and the other rate fields) for exact prices
+        effective_from: 2026-01-01
 
     discounts:                    # negotiated discounts, applied on top of the price in effect
       - provider: openai
@@ -36,9 +44,12 @@ used::
 
 e.g. $2.50/hour, 20M input and 2.5M output tokens/hour give $0.125 and $1.00 per million. With
 a single `tokens_per_hour` (all tokens, input and output, one hour processes for your usual
-mix), both rates are `usd_per_hour / tokens_per_hour * 1_000_000`. To account for idle time,
-scale the throughput by the share of the hour the GPU is busy. Cache and tier rates may be
-given beside `gpu:`.
+mix), both rates are `usd_per_hour / tokens_per_hour * 1_000_000`. A GPU is paid for while it
+idles too: `utilization` (default 1) is the share of the hour it is busy, and the rates are
+divided by it, so the calls it serves carry its whole cost (at 0.5 the example's rates double
+to $0.25 and $2.00). Throughputs are per GPU-hour as `usd_per_hour` is: for a model sharded over
+8 GPUs, give the 8 GPUs' price and their combined throughput. Cache and tier rates may be given
+beside `gpu:`.
 
 Matching: `provider` matches a call's meterline provider name or that provider's genai-prices
 id. `model` is compared, and `match`/`models` globs (`*`, `?`, `[...]`) are matched, without
@@ -48,21 +59,25 @@ genai-prices model it matched: `model: gpt-4o-mini` also covers gpt-4o-mini-2024
 Effective dates: a model entry replaces the genai-prices price from its `effective_from` (no
 date: always). When several entries match a call, the one with the latest `effective_from` not
 after the call applies; on equal dates an exact `model` beats a `match` glob, then the later
-entry in the file wins. So a price correction is one new entry with a date. Discounts follow the
-same rule among themselves (they do not add up), and `percent: 0` from a date ends a discount.
+entry in the file wins. So a price correction is one new entry with a date. Discounts and
+variants follow the same rule among themselves (they do not add up), and `percent: 0` from a
+date ends a discount. A variant entry applies to the calls of its variant only and beats
+genai-prices' own price for that variant; without one, batch calls pay
+`DEFAULT_BATCH_PERCENT` (50%) of the standard price unless genai-prices lists a batch price.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meterline.config import ConfigError
-from meterline.pricing.rates import ModelRates, tier_problem
+from meterline.pricing.rates import SECONDS_PER_DAY, ModelRates, tier_problem
+from meterline.pricing.variants import BATCH, tier_variant
 
 
 class _Entry(BaseModel):
@@ -88,6 +103,7 @@ class GpuCost(_Entry):
     tokens_per_hour: float | None = Field(None, gt=0)
     input_tokens_per_hour: float | None = Field(None, gt=0)
     output_tokens_per_hour: float | None = Field(None, gt=0)
+    utilization: float = Field(1.0, gt=0, le=1, description="the share of each hour the GPU is busy")
 
     @model_validator(mode="after")
     def _one_throughput(self) -> GpuCost:
@@ -107,16 +123,12 @@ class GpuCost(_Entry):
     def _per_million(self, tokens_per_hour: float | None) -> float:
         throughput = tokens_per_hour if tokens_per_hour is not None else self.tokens_per_hour
         assert throughput is not None, "checked by _one_throughput"
-        return self.usd_per_hour / throughput * 1_000_000
+        return self.usd_per_hour / (throughput * self.utilization) * 1_000_000
 
 
-class ModelOverride(_DatedEntry):
-    """One price entry for a model (by exact name or glob) of one provider, from a date."""
+class _Rates(_Entry):
+    """Per-token rates in USD per million tokens, with an optional long-context tier."""
 
-    provider: str = Field(min_length=1)
-    model: str | None = Field(None, min_length=1)
-    match: str | None = Field(None, min_length=1)
-    gpu: GpuCost | None = None
     input_mtok: float | None = Field(None, ge=0)
     output_mtok: float | None = Field(None, ge=0)
     cache_read_mtok: float | None = Field(None, ge=0)
@@ -129,33 +141,18 @@ class ModelOverride(_DatedEntry):
     tier_cache_write_mtok: float | None = Field(None, ge=0)
     tier_cache_write_1h_mtok: float | None = Field(None, ge=0)
 
-    @model_validator(mode="after")
-    def _complete(self) -> ModelOverride:
-        if (self.model is None) == (self.match is None):
-            raise ValueError("give exactly one of model (an exact name) or match (a glob such as 'llama-*')")
-        if self.gpu is not None and (self.input_mtok is not None or self.output_mtok is not None):
-            raise ValueError("give either gpu or input_mtok/output_mtok, not both")
-        if self.gpu is None and (self.input_mtok is None or self.output_mtok is None):
-            raise ValueError("input_mtok and output_mtok are required (or gpu, for a self-hosted model)")
-        problem = tier_problem(self._rate_fields(), suffix="_mtok")
-        if problem is not None:
-            raise ValueError(problem)
-        return self
-
-    def matches(self, model: str) -> bool:
-        if self.model is not None:
-            return self.model.lower() == model.lower()
-        return self.match is not None and fnmatch.fnmatchcase(model.lower(), self.match.lower())
-
     def rates(self) -> ModelRates:
         return ModelRates(**self._rate_fields())
 
+    def _input_output(self) -> tuple[float | None, float | None]:
+        return self.input_mtok, self.output_mtok
+
     def _rate_fields(self) -> dict[str, Any]:
         """This entry's rates keyed by `ModelRates` field names."""
-        gpu = self.gpu
+        input_rate, output_rate = self._input_output()
         return {
-            "input": gpu.input_mtok() if gpu else self.input_mtok,
-            "output": gpu.output_mtok() if gpu else self.output_mtok,
+            "input": input_rate,
+            "output": output_rate,
             "cache_read": self.cache_read_mtok,
             "cache_write": self.cache_write_mtok,
             "cache_write_1h": self.cache_write_1h_mtok,
@@ -166,6 +163,88 @@ class ModelOverride(_DatedEntry):
             "tier_cache_write": self.tier_cache_write_mtok,
             "tier_cache_write_1h": self.tier_cache_write_1h_mtok,
         }
+
+    def _tier_problem(self) -> None:
+        problem = tier_problem(self._rate_fields(), suffix="_mtok")
+        if problem is not None:
+            raise ValueError(problem)
+
+
+class ModelOverride(_DatedEntry, _Rates):
+    """One price entry for a model (by exact name or glob) of one provider, from a date."""
+
+    provider: str = Field(min_length=1)
+    model: str | None = Field(None, min_length=1)
+    match: str | None = Field(None, min_length=1)
+    gpu: GpuCost | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelOverride:
+        if (self.model is None) == (self.match is None):
+            raise ValueError("give exactly one of model (an exact name) or match (a glob such as 'llama-*')")
+        if self.gpu is not None and (self.input_mtok is not None or self.output_mtok is not None):
+            raise ValueError("give either gpu or input_mtok/output_mtok, not both")
+        if self.gpu is None and (self.input_mtok is None or self.output_mtok is None):
+            raise ValueError("input_mtok and output_mtok are required (or gpu, for a self-hosted model)")
+        self._tier_problem()
+        return self
+
+    def matches(self, model: str) -> bool:
+        if self.model is not None:
+            return self.model.lower() == model.lower()
+        return self.match is not None and fnmatch.fnmatchcase(model.lower(), self.match.lower())
+
+    def _input_output(self) -> tuple[float | None, float | None]:
+        gpu = self.gpu
+        return (gpu.input_mtok(), gpu.output_mtok()) if gpu else (self.input_mtok, self.output_mtok)
+
+
+# A window of a day's prices: (UTC second of day from, to, rates, where they came from).
+Window = tuple[int, int, ModelRates, str]
+
+
+class VariantPrice(_DatedEntry, _Rates):
+    """The price of batch calls or of one service tier, for a provider's models (all, or by glob), from a date."""
+
+    provider: str = Field(min_length=1)
+    processing: Literal["batch"] | None = None
+    service_tier: str | None = Field(None, min_length=1)
+    models: list[str] | None = Field(None, min_length=1)
+    percent_of_standard: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> VariantPrice:
+        if (self.processing is None) == (self.service_tier is None):
+            raise ValueError("give exactly one of processing: batch or service_tier: <tier>")
+        explicit = self.input_mtok is not None or self.output_mtok is not None
+        if (self.percent_of_standard is None) == (not explicit):
+            raise ValueError("give either percent_of_standard or input_mtok and output_mtok (exact rates)")
+        if explicit and (self.input_mtok is None or self.output_mtok is None):
+            raise ValueError("input_mtok and output_mtok are both required for exact rates")
+        if self.percent_of_standard is not None and any(
+            value is not None for name, value in self._rate_fields().items() if name not in ("input", "output")
+        ):
+            raise ValueError("rate fields cannot be given beside percent_of_standard")
+        self._tier_problem()
+        return self
+
+    @property
+    def variant(self) -> str:
+        """The variant this entry prices, named as `meterline.pricing.variants` does."""
+        return BATCH if self.processing == "batch" else tier_variant(self.service_tier or "")
+
+    def matches(self, model: str) -> bool:
+        return self.models is None or any(fnmatch.fnmatchcase(model.lower(), glob.lower()) for glob in self.models)
+
+    def applied(self, standard: tuple[Window, ...], label: str) -> tuple[Window, ...]:
+        """The windows this entry prices, given the standard ones in force; `label` names the entry."""
+        if self.percent_of_standard is None:
+            return ((0, SECONDS_PER_DAY, self.rates(), f"override {label}"),)
+        percent = self.percent_of_standard
+        return tuple(
+            (since, until, rates.scaled(percent / 100), f"{source} at {percent:g}% ({label})")
+            for since, until, rates, source in standard
+        )
 
 
 class Discount(_DatedEntry):
@@ -181,6 +260,7 @@ class Discount(_DatedEntry):
 
 class Overrides(_Entry):
     models: list[ModelOverride] = []
+    variants: list[VariantPrice] = []
     discounts: list[Discount] = []
 
 
@@ -191,7 +271,9 @@ def parse_overrides(text: str, origin: str) -> Overrides:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: the price overrides file is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: the price overrides file must be a mapping with 'models' and/or 'discounts'")
+        raise ConfigError(
+            f"{origin}: the price overrides file must be a mapping with 'models', 'variants' and/or 'discounts'"
+        )
     try:
         return Overrides.model_validate(raw)
     except ValidationError as exc:
@@ -220,5 +302,6 @@ def _entry_label(entry: object) -> str:
     if not isinstance(entry, dict):
         return ""
     model = entry.get("model") or entry.get("match") or entry.get("models")
-    parts = [str(part) for part in (entry.get("provider"), model) if part]
+    variant = entry.get("processing") or entry.get("service_tier")
+    parts = [str(part) for part in (entry.get("provider"), model, variant) if part]
     return f" ({'/'.join(parts)})" if parts else ""

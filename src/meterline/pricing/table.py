@@ -5,7 +5,8 @@ is fetched from the network. For a (meterline provider, model) pair the table re
 `PricePeriod`s, once, and caches it, so pricing a call on the request path is a dict lookup and
 a little arithmetic.
 
-How a pair is resolved:
+How a pair is resolved (and, for the calls of a price variant — batch results, service tiers —
+see `meterline.pricing.variants` for where the variant's price comes from):
 
 - `load` is given each configured provider's genai-prices provider id (its `pricing_provider`,
   else its kind's default; None for an `openai_compatible` provider without one, which only
@@ -13,14 +14,18 @@ How a pair is resolved:
   spans) is looked up as a genai-prices provider id, by genai-prices' own rules.
 - The model is matched by genai-prices' own rules (`Provider.find_model`: each model's `match`
   clause, dated names such as gpt-4o-mini-2024-07-18, fallback providers such as Azure → OpenAI).
+  A name in the provider's `deployments` map (an Azure deployment, a served-model name) is
+  looked up as the model it runs; overrides may name either.
 - A model's conditional prices become periods: `StartDateConstraint` dates (midnight UTC) start
   new periods; `TimeOfDateConstraint` windows (DeepSeek's off-peak hours) split a period by UTC
   time of day. Each period's rates are what genai-prices itself selects for a call at that time.
 - Override model entries replace that price from their `effective_from` on; discounts apply on
   top (see `meterline.pricing.overrides` for the file and its precedence rules).
 
-What is not priced, and said so by `describe`: batch and service-tier price variants (events do
-not record the tier, so calls pay the standard price); per-request and per-search charges;
+Batch and service-tier prices are applied by variant (`price_event` reads the event's
+`batch_id` and `service_tier`). What is not priced, and said so by `describe`: per-request and
+per-search charges; genai-prices variants other than batch processing and service tiers (such
+as Anthropic's `speed: fast`);
 modality-specific token prices (audio, image tokens are priced at the text rate); and models
 whose genai-prices entry cannot be expressed as `ModelRates` (no per-token input price, or more
 than one long-context tier) — those are unpriced, never $0.
@@ -45,10 +50,17 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, StartDateConstra
 
 from meterline.config import ConfigError
 from meterline.events.schema import UsageEvent
-from meterline.pricing.overrides import Discount, ModelOverride, Overrides, parse_overrides
+from meterline.pricing.overrides import Discount, ModelOverride, Overrides, VariantPrice, Window, parse_overrides
 from meterline.pricing.rates import SECONDS_PER_DAY, ModelRates, PricePeriod, cost_usd
+from meterline.pricing.variants import (
+    BATCH,
+    DEFAULT_BATCH_PERCENT,
+    describe_variant,
+    pricing_variant,
+    variant_context,
+)
 
-_Dated = TypeVar("_Dated", ModelOverride, Discount)
+_Dated = TypeVar("_Dated", ModelOverride, Discount, VariantPrice)
 
 _MAX_CACHED_RESOLUTIONS = 10_000
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -57,6 +69,7 @@ PERIODS_SCHEMA = pa.schema(
     [
         pa.field("provider", pa.string(), nullable=False),
         pa.field("model", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
         pa.field("effective_from", pa.timestamp("us", tz="UTC")),
         pa.field("effective_to", pa.timestamp("us", tz="UTC")),
         pa.field("day_seconds_from", pa.int32(), nullable=False),
@@ -97,10 +110,8 @@ class PriceCheck:
         return not self.problems and not self.unpriced
 
 
-# A window of a period: (UTC second of day from, to, rates, source).
-_Window = tuple[int, int, ModelRates, str]
 # What applies from one instant on: the windows covering the day, or () when unpriced.
-_Cell = tuple[_Window, ...]
+_Cell = tuple[Window, ...]
 
 
 @dataclass(frozen=True)
@@ -142,11 +153,19 @@ class _Resolution:
 class PriceTable:
     """Prices for every (meterline provider, model) pair, from the genai-prices snapshot and overrides."""
 
-    def __init__(self, overrides: Overrides, pricing_ids: Mapping[str, str | None], version: str) -> None:
+    def __init__(
+        self,
+        overrides: Overrides,
+        pricing_ids: Mapping[str, str | None],
+        version: str,
+        deployments: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.version = version
         """Identifies the whole table, e.g. genai-prices-0.2.3+overrides-1a2b3c4d; recorded on each priced event."""
         self._overrides = overrides
         self._pricing_ids = dict(pricing_ids)
+        self._deployments = {provider: dict(names) for provider, names in (deployments or {}).items()}
+        """Per provider: a deployment or served-model name -> the model it runs."""
         self._snapshot_providers: dict[str, Provider] = {}
         for name, pricing_id in self._pricing_ids.items():
             if pricing_id is None:
@@ -159,13 +178,22 @@ class PriceTable:
                     f"(known: {known})"
                 )
             self._snapshot_providers[name] = found
-        self._resolutions: dict[tuple[str, str], _Resolution] = {}
+        self._resolutions: dict[tuple[str, str, str], _Resolution] = {}
 
     @classmethod
-    def load(cls, overrides_path: Path | None, provider_pricing_ids: Mapping[str, str | None]) -> PriceTable:
-        """Build the table from the bundled snapshot and, if given, the overrides file (`ConfigError` if invalid)."""
+    def load(
+        cls,
+        overrides_path: Path | None,
+        provider_pricing_ids: Mapping[str, str | None],
+        deployments: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> PriceTable:
+        """Build the table from the bundled snapshot and, if given, the overrides file (`ConfigError` if invalid).
+
+        `deployments`: per configured provider, its `deployments` map (deployment -> the model it runs).
+        """
         if overrides_path is None:
-            return cls(Overrides(), provider_pricing_ids, f"genai-prices-{genai_prices_version}+no-overrides")
+            version = f"genai-prices-{genai_prices_version}+no-overrides"
+            return cls(Overrides(), provider_pricing_ids, version, deployments)
         try:
             content = overrides_path.read_bytes()
             text = content.decode("utf-8")
@@ -175,11 +203,15 @@ class PriceTable:
             raise ConfigError(f"{overrides_path}: the price overrides file is not UTF-8 text") from exc
         digest = hashlib.sha256(content).hexdigest()[:8]
         overrides = parse_overrides(text, str(overrides_path))
-        return cls(overrides, provider_pricing_ids, f"genai-prices-{genai_prices_version}+overrides-{digest}")
+        version = f"genai-prices-{genai_prices_version}+overrides-{digest}"
+        return cls(overrides, provider_pricing_ids, version, deployments)
 
-    def periods(self, provider: str, model: str) -> list[PricePeriod]:
-        """All price periods for a meterline provider name and a model name as the API reports it; [] = unpriced."""
-        return list(self._resolution(provider, model).periods)
+    def periods(self, provider: str, model: str, variant: str = "") -> list[PricePeriod]:
+        """All price periods for a meterline provider name and a model name as the API reports it; [] = unpriced.
+
+        `variant` (see `meterline.pricing.variants`) selects batch or service-tier prices.
+        """
+        return list(self._resolution(provider, model, variant).periods)
 
     def price(
         self,
@@ -192,9 +224,10 @@ class PriceTable:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         cache_write_1h_tokens: int = 0,
+        variant: str = "",
     ) -> Priced | None:
-        """The cost of one call made at `at` (naive = UTC); None when the model has no price then."""
-        resolution = self._resolutions.get((provider, model)) or self._resolution(provider, model)
+        """The cost of one call made at `at` (naive = UTC) at the `variant`'s prices; None when it has no price then."""
+        resolution = self._resolutions.get((provider, model, variant)) or self._resolution(provider, model, variant)
         period = resolution.at(at)
         if period is None:
             return None
@@ -208,6 +241,11 @@ class PriceTable:
         )
         return Priced(cost, self.version)
 
+    def rates_at(self, provider: str, model: str, at: datetime) -> ModelRates | None:
+        """The rates of a model in force at `at` (naive = UTC); None when it has no price then."""
+        period = self._resolution(provider, model).at(at)
+        return None if period is None else period.rates
+
     def price_event(self, event: UsageEvent) -> Priced | None:
         """The cost of a usage event from its stored token counts, at the time it started."""
         return self.price(
@@ -219,13 +257,14 @@ class PriceTable:
             cache_read_tokens=event.cache_read_tokens,
             cache_write_tokens=event.cache_write_tokens,
             cache_write_1h_tokens=event.cache_write_1h_tokens,
+            variant=pricing_variant(event.service_tier, event.batch_id),
         )
 
-    def periods_arrow(self, pairs: Iterable[tuple[str, str]]) -> pa.Table:
-        """The periods of the given (provider, model) pairs as rows, for re-pricing stored events in SQL.
+    def periods_arrow(self, keys: Iterable[tuple[str, str, str]]) -> pa.Table:
+        """The periods of the given (provider, model, variant) keys as rows, for re-pricing stored events in SQL.
 
-        Columns (`PERIODS_SCHEMA`): provider, model; effective_from (null: since always) and
-        effective_to (null: open-ended), UTC timestamps, the period covering
+        Columns (`PERIODS_SCHEMA`): provider, model, variant (`meterline.pricing.variants`);
+        effective_from (null: since always) and effective_to (null: open-ended), UTC timestamps, the period covering
         effective_from <= started_at < effective_to; day_seconds_from/day_seconds_to, the UTC
         time-of-day window in seconds since midnight (0 and 86400 for all day); USD per million
         tokens, with fallbacks already applied: input_mtok (uncached input), output_mtok,
@@ -241,18 +280,20 @@ class PriceTable:
                        + (e.cache_write_tokens - e.cache_write_1h_tokens) * rate(cache_write)
                        + e.cache_write_1h_tokens * rate(cache_write_1h) ) / 1e6
 
-        joined on p.provider = e.provider AND p.model = <the event's priced model> AND the
-        effective range AND day_seconds_from <= (epoch seconds of e.started_at) % 86400 < day_seconds_to.
+        joined on p.provider = e.provider AND p.model = <the event's priced model> AND p.variant =
+        <the event's variant, `VARIANT_SQL`> AND the effective range AND
+        day_seconds_from <= (epoch seconds of e.started_at) % 86400 < day_seconds_to.
         """
         rows = []
-        for provider, model in dict.fromkeys(pairs):
-            for period in self._resolution(provider, model).periods:
+        for provider, model, variant in dict.fromkeys(keys):
+            for period in self._resolution(provider, model, variant).periods:
                 rates = period.rates
                 tier = rates.tier_resolved if rates.tier_threshold is not None else (None,) * 5
                 rows.append(
                     (
                         provider,
                         model,
+                        variant,
                         period.effective_from,
                         period.effective_to,
                         period.day_seconds_from,
@@ -289,8 +330,9 @@ class PriceTable:
         result = PriceCheck()
         known = set(self._pricing_ids) | {provider.id for provider in snapshot_providers}
         known |= {pricing_id for pricing_id in self._pricing_ids.values() if pricing_id}
-        entries: list[tuple[str, ModelOverride | Discount]] = [
+        entries: list[tuple[str, ModelOverride | Discount | VariantPrice]] = [
             *((f"models[{index}]", entry) for index, entry in enumerate(self._overrides.models)),
+            *((f"variants[{index}]", entry) for index, entry in enumerate(self._overrides.variants)),
             *((f"discounts[{index}]", entry) for index, entry in enumerate(self._overrides.discounts)),
         ]
         for where, entry in entries:
@@ -312,44 +354,59 @@ class PriceTable:
         snapshot_provider = self._snapshot_providers.get(provider)
         if snapshot_provider is None:
             return None
-        info = snapshot_provider.find_model(model, all_providers=snapshot_providers)
+        info = snapshot_provider.find_model(self._runs(provider, model), all_providers=snapshot_providers)
         return None if info is None else info.context_window
 
-    def _resolution(self, provider: str, model: str) -> _Resolution:
-        key = (provider, model)
+    def _runs(self, provider: str, model: str) -> str:
+        """The model a provider's deployment (or served-model name) runs; the name itself when it is not one."""
+        return self._deployments.get(provider, {}).get(model, model)
+
+    def _resolution(self, provider: str, model: str, variant: str = "") -> _Resolution:
+        key = (provider, model, variant)
         resolution = self._resolutions.get(key)
         if resolution is None:
             if len(self._resolutions) >= _MAX_CACHED_RESOLUTIONS:
                 self._resolutions.clear()
-            resolution = self._resolutions[key] = self._resolve(provider, model)
+            resolution = self._resolutions[key] = self._resolve(provider, model, variant)
         return resolution
 
-    def _resolve(self, provider: str, model: str) -> _Resolution:
+    def _resolve(self, provider: str, model: str, variant: str) -> _Resolution:
         snapshot_provider, names, notes = self._provider_for(provider)
+        runs = self._runs(provider, model)
+        if runs != model:
+            notes.append(f"{model!r} runs {runs!r} (providers.{provider}.deployments)")
         snapshot = None
         if snapshot_provider is not None:
-            info = snapshot_provider.find_model(model, all_providers=snapshot_providers)
+            info = snapshot_provider.find_model(runs, all_providers=snapshot_providers)
             if info is None:
-                notes.append(f"genai-prices {snapshot_provider.id} has no model matching {model!r}")
+                notes.append(f"genai-prices {snapshot_provider.id} has no model matching {runs!r}")
             else:
                 snapshot = _SnapshotModel(info, _owner(snapshot_provider, info))
                 notes.append(f"genai-prices model: {snapshot.label}" + (f" ({info.name})" if info.name else ""))
-        # Overrides may name the model as the API reports it or by the genai-prices model it matched.
-        model_names = [model] if snapshot is None else [model, snapshot.info.id]
+        # Overrides may name the model as the API reports it, as the model a deployment runs, or by the
+        # genai-prices model it matched.
+        model_names = list(dict.fromkeys([model, runs, *([snapshot.info.id] if snapshot else [])]))
         overrides = _applicable(self._overrides.models, names, model_names)
         discounts = _applicable(self._overrides.discounts, names, model_names)
-        if overrides or discounts:
-            used = [f"models[{index}]" for index, _ in overrides] + [f"discounts[{index}]" for index, _ in discounts]
+        variants = [
+            (index, entry)
+            for index, entry in _applicable(self._overrides.variants, names, model_names)
+            if entry.variant == variant
+        ]
+        if overrides or discounts or variants:
+            used = [f"models[{index}]" for index, _ in overrides] + [f"variants[{index}]" for index, _ in variants]
+            used += [f"discounts[{index}]" for index, _ in discounts]
             notes.append(f"overrides that apply: {', '.join(used)}")
+        prices = _VariantPrices(variant, variants)
 
-        boundaries = {entry.effective_from for _, entry in (*overrides, *discounts) if entry.effective_from}
+        boundaries = {entry.effective_from for _, entry in (*overrides, *discounts, *variants) if entry.effective_from}
         if snapshot is not None:
             boundaries.update(snapshot.start_dates)
         starts: list[datetime | None] = [None, *sorted(boundaries)]
         problems: list[str] = []
         merged: list[tuple[datetime | None, _Cell]] = []
         for start in starts:
-            cell = _cell_at(start, snapshot, overrides, discounts, problems)
+            cell = _cell_at(start, snapshot, overrides, discounts, prices, problems)
             if not merged or merged[-1][1] != cell:
                 merged.append((start, cell))
         ends = [start for start, _ in merged[1:]] + [None]
@@ -389,8 +446,26 @@ class PriceTable:
         for period in resolution.periods:
             lines.append(f"  {_period_heading(period)}  [{period.source}]")
             lines.extend(f"    {line}" for line in _rate_lines(period.rates))
+        for variant in self._variants_of(provider, model):
+            variant_periods = self._resolution(provider, model, variant).periods
+            if [_terms(period) for period in variant_periods] == [_terms(period) for period in resolution.periods]:
+                continue  # the standard price
+            lines.append(f"  {describe_variant(variant)} calls:")
+            for period in variant_periods:
+                lines.append(f"    {_period_heading(period)}  [{period.source}]")
+                lines.extend(f"      {line}" for line in _rate_lines(period.rates))
         lines.extend(f"  note: {note}" for note in (*resolution.problems, *resolution.notes))
         return "\n".join(lines)
+
+    def _variants_of(self, provider: str, model: str) -> list[str]:
+        """The variants with prices of their own for a pair: batch, and every tier genai-prices or an override lists."""
+        snapshot_provider, names, _ = self._provider_for(provider)
+        info = snapshot_provider.find_model(model, all_providers=snapshot_providers) if snapshot_provider else None
+        model_names = [model] if info is None else [model, info.id]
+        listed = [entry.variant for _, entry in _applicable(self._overrides.variants, names, model_names)]
+        for price_variant in (info.price_variants or []) if info is not None else []:
+            listed.extend(f"{key}={value}" for key, value in price_variant.when.items())
+        return list(dict.fromkeys([BATCH, *sorted(listed)]))
 
 
 def _applicable(entries: list[_Dated], names: set[str], model_names: list[str]) -> list[tuple[int, _Dated]]:
@@ -423,24 +498,61 @@ def _latest(entries: list[tuple[int, _Dated]], instant: datetime | None) -> tupl
     return active
 
 
+class _VariantPrices:
+    """Where the price of one variant comes from: the override entries for it, in precedence order."""
+
+    def __init__(self, variant: str, entries: list[tuple[int, VariantPrice]]) -> None:
+        self.variant = variant
+        self.context = variant_context(variant)
+        self.entries = entries
+
+    def cell(
+        self, instant: datetime | None, standard: _Cell, snapshot: _SnapshotModel | None, problems: list[str]
+    ) -> _Cell:
+        """The variant's windows from `instant` on, given the standard ones (see `meterline.pricing.variants`)."""
+        if not self.variant:
+            return standard
+        entry = _latest(self.entries, instant)
+        if entry is not None:
+            index, price = entry
+            return price.applied(standard, f"variants[{index}]")
+        if snapshot is not None:
+            listed = snapshot.cell_at(instant, problems, self.context)
+            if listed is not None:
+                return listed
+        if self.variant == BATCH:
+            label = f"meterline's default batch price, {DEFAULT_BATCH_PERCENT:g}% of standard"
+            return tuple(
+                (since, until, rates.scaled(DEFAULT_BATCH_PERCENT / 100), f"{source} ({label})")
+                for since, until, rates, source in standard
+            )
+        return standard
+
+
 def _cell_at(
     instant: datetime | None,
     snapshot: _SnapshotModel | None,
     overrides: list[tuple[int, ModelOverride]],
     discounts: list[tuple[int, Discount]],
+    prices: _VariantPrices,
     problems: list[str],
 ) -> _Cell:
-    """The windows in force from `instant` (None: the beginning of time) until the next boundary."""
+    """The windows in force from `instant` (None: the beginning of time) until the next boundary.
+
+    genai-prices' variant prices stand beside its own standard price, so an override of the
+    standard price also decides the variant's (through a variant entry, the batch default, or as is).
+    """
     override = _latest(overrides, instant)
     if override is not None:
         index, entry = override
-        cell: _Cell = ((0, SECONDS_PER_DAY, entry.rates(), f"override models[{index}]"),)
+        standard: _Cell = ((0, SECONDS_PER_DAY, entry.rates(), f"override models[{index}]"),)
+        cell = prices.cell(instant, standard, None, problems)
     elif snapshot is not None:
-        cell = snapshot.cell_at(instant, problems)
+        cell = prices.cell(instant, snapshot.cell_at(instant, problems) or (), snapshot, problems)
     else:
-        return ()
+        cell = prices.cell(instant, (), None, problems)
     discount = _latest(discounts, instant)
-    if discount is None or discount[1].percent == 0:
+    if not cell or discount is None or discount[1].percent == 0:
         return cell
     index, entry = discount
     factor = 1 - entry.percent / 100
@@ -464,6 +576,7 @@ class _SnapshotModel:
         self.info = info
         self.label = f"{owner.id}/{info.id}"
         constraints = [price.constraint for price in info.prices] if isinstance(info.prices, list) else []
+        constraints += [variant.constraint for variant in info.price_variants or []]
         self.start_dates = sorted({_midnight(c.start_date) for c in constraints if isinstance(c, StartDateConstraint)})
         breaks = {0}
         for constraint in constraints:
@@ -472,29 +585,41 @@ class _SnapshotModel:
         edges = sorted(breaks - {SECONDS_PER_DAY})
         self.windows = list(zip(edges, [*edges[1:], SECONDS_PER_DAY], strict=True))
         self.notes: list[str] = []
-        if info.price_variants:
-            tiers = sorted({f"{k}={v}" for variant in info.price_variants for k, v in variant.when.items()})
+        variants = sorted({f"{k}={v}" for variant in info.price_variants or [] for k, v in variant.when.items()})
+        unapplied = [name for name in variants if not name.startswith(_APPLIED_VARIANT_KEYS)]
+        if unapplied:
             self.notes.append(
-                f"not applied: genai-prices' prices for {', '.join(tiers)} (events do not record the tier; "
-                "calls pay the standard price)"
+                f"not applied: genai-prices' prices for {', '.join(unapplied)} (events do not record it; "
+                "those calls pay the price they would without it)"
             )
         if len(self.windows) > 1:
             self.notes.append("time-of-day prices are by UTC time, as genai-prices lists them")
         if info.price_comments:
             self.notes.append(f"genai-prices says: {info.price_comments.strip()}")
 
-    def cell_at(self, instant: datetime | None, problems: list[str]) -> _Cell:
-        """The windows genai-prices selects from `instant` on; () and a problem when they cannot be priced."""
+    def cell_at(
+        self, instant: datetime | None, problems: list[str], context: dict[str, str] | None = None
+    ) -> _Cell | None:
+        """The windows genai-prices selects from `instant` on; () and a problem when they cannot be priced.
+
+        With a price `context` (a variant's): None when genai-prices lists no price for it then.
+        """
         if instant is not None:
             day = instant.date()
         elif self.start_dates:
             day = self.start_dates[0].date() - timedelta(days=1)
         else:
             day = date(2000, 1, 1)
-        cell: list[_Window] = []
-        for since, until in self.windows:
-            when = datetime.combine(day, time(since // 3600, since % 3600 // 60, since % 60), UTC)
-            rates, problem, not_applied = _convert(self.info.get_prices(when))
+        starts = [
+            datetime.combine(day, time(since // 3600, since % 3600 // 60, since % 60), UTC) for since, _ in self.windows
+        ]
+        if context and not any(self._lists(context, when) for when in starts):
+            return None
+        variant = ", ".join(f"{key}={value}" for key, value in (context or {}).items())
+        source = f"genai-prices {self.label}" + (f" ({variant})" if variant else "")
+        cell: list[Window] = []
+        for (since, until), when in zip(self.windows, starts, strict=True):
+            rates, problem, not_applied = _convert(self.info.get_prices(when, context or None))
             if not_applied:
                 note = f"not applied (meterline does not count these): {', '.join(not_applied)}"
                 if note not in self.notes:
@@ -505,9 +630,20 @@ class _SnapshotModel:
             if cell and cell[-1][2] == rates:
                 cell[-1] = (cell[-1][0], until, rates, cell[-1][3])
             else:
-                cell.append((since, until, rates, f"genai-prices {self.label}"))
+                cell.append((since, until, rates, source))
         return tuple(cell)
 
+    def _lists(self, context: dict[str, str], when: datetime) -> bool:
+        """Whether genai-prices has a price variant for `context` in force at `when`."""
+        return any(
+            all(context.get(key) == value for key, value in variant.when.items())
+            and (variant.constraint is None or variant.constraint.active(when))
+            for variant in self.info.price_variants or []
+        )
+
+
+_APPLIED_VARIANT_KEYS = ("processing=", "service_tier=")
+"""The genai-prices variant keys meterline prices (see `meterline.pricing.variants`)."""
 
 _SNAPSHOT_KINDS = {
     "input_mtok": "input",
@@ -567,6 +703,11 @@ def _tier_price(value: Decimal | TieredPrices) -> Decimal:
 
 def _price_text(value: Decimal | TieredPrices) -> str:
     return f"${_base(value)}" + (" (+tiers)" if isinstance(value, TieredPrices) else "")
+
+
+def _terms(period: PricePeriod) -> tuple[object, ...]:
+    """What a period charges and when, without where the rates came from."""
+    return period.effective_from, period.effective_to, period.day_seconds_from, period.day_seconds_to, period.rates
 
 
 def _midnight(day: date) -> datetime:

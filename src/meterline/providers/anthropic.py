@@ -4,7 +4,8 @@ Anthropic reports `input_tokens` without cache reads and writes (`cache_read_inp
 `cache_creation_input_tokens`, split by TTL in `cache_creation`); meterline adds them so
 `input_tokens` counts every input token. In streams, `message_start` carries the input side
 and `message_delta` carries cumulative counts: the latest value wins, deltas are never added
-(some compatible servers send the input counts only in `message_delta`).
+(some compatible servers send the input counts only in `message_delta`). The tier that served
+the call is `usage.service_tier` (`standard`, `priority` or `batch`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import orjson
 from meterline.providers.base import (
     ApiError,
     Dialect,
+    Endpoint,
     ProviderFamily,
     SSEEvent,
     StreamMeter,
     Usage,
     int_field,
+    text_field,
 )
 from meterline.providers.fields import FieldRule, check_fields, positive_int, text_of_content
+from meterline.providers.shape import RequestShape, shape_of
 
 _RULES = {
-    "model": FieldRule((str,), required=True),
+    "model": FieldRule((str,)),
     "messages": FieldRule((list,), required=True),
     "max_tokens": FieldRule((int,), required=True),
     "system": FieldRule((str, list)),
@@ -35,6 +39,8 @@ _RULES = {
     "top_k": FieldRule((int,)),
     "metadata": FieldRule((dict,)),
     "tools": FieldRule((list,)),
+    "tool_choice": FieldRule((dict,)),
+    "service_tier": FieldRule((str,)),
 }
 
 _COUNT_TOKENS_RULES = {name: rule for name, rule in _RULES.items() if name != "max_tokens"}
@@ -56,6 +62,7 @@ _INPUT_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_inpu
 
 class AnthropicDialect(Dialect):
     name = "anthropic"
+    endpoints = (Endpoint("/v1/messages", "messages"), Endpoint("/v1/messages/count_tokens", "count_tokens"))
 
     def validate(self, operation: str, body: dict[str, Any]) -> None:
         check_fields(body, _COUNT_TOKENS_RULES if operation == "count_tokens" else _RULES)
@@ -79,6 +86,19 @@ class AnthropicDialect(Dialect):
 
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
         return positive_int(body, "max_tokens")
+
+    def request_shape(self, operation: str, body: dict[str, Any]) -> RequestShape:
+        """Instructions: `system` (a string or text blocks); `stream`, `metadata` (the end user's id) and
+        `service_tier` do not change the answer."""
+        system = body.get("system")
+        return shape_of(
+            body,
+            answer_neutral=("stream", "metadata", "service_tier"),
+            instructions=[system] if system else [],
+            tools=body.get("tools"),
+            n_messages=len(body["messages"]),
+            max_tokens=self.max_output_tokens(body),
+        )
 
 
 class _UsageFields:
@@ -139,6 +159,9 @@ class AnthropicProvider(ProviderFamily):
         reason = payload.get("stop_reason")
         return str(reason) if reason else None
 
+    def service_tier(self, operation: str, payload: dict[str, Any]) -> str | None:
+        return text_field(payload, "usage", "service_tier")
+
     def stream_meter(self, operation: str, injected_usage_request: bool) -> StreamMeter:
         return MessagesStreamMeter()
 
@@ -162,6 +185,7 @@ class MessagesStreamMeter(StreamMeter):
             if isinstance(message.get("id"), str):
                 self.state.response_id = message["id"]
             self.usage_fields.update(message.get("usage"))
+            self.state.service_tier = text_field(message, "usage", "service_tier")
         elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]
             text = delta.get("text") if delta.get("type") == "text_delta" else delta.get("thinking")
@@ -169,6 +193,7 @@ class MessagesStreamMeter(StreamMeter):
                 self.state.output_text_parts.append(text)
         elif kind == "message_delta":
             self.usage_fields.update(payload.get("usage"))
+            self.state.service_tier = text_field(payload, "usage", "service_tier") or self.state.service_tier
             delta = payload.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self.state.finish_reason = str(delta["stop_reason"])

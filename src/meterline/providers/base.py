@@ -15,11 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
 from meterline.config import ProviderConfig
+
+if TYPE_CHECKING:
+    from meterline.providers.shape import RequestShape
 
 
 @dataclass
@@ -32,6 +36,12 @@ class Usage:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    reported_cost_usd: float | None = None
+    """What the provider says it charged (OpenRouter's `cost`): kept beside the event, never used as its cost."""
+
+    def token_counts(self) -> dict[str, int]:
+        """The token counts, named as `UsageEvent` names them."""
+        return {name: value for name, value in vars(self).items() if name.endswith("_tokens")}
 
 
 @dataclass
@@ -51,6 +61,7 @@ class StreamState:
     response_model: str | None = None
     response_id: str | None = None
     finish_reason: str | None = None
+    service_tier: str | None = None
     output_text_parts: list[str] = field(default_factory=list)
     error_message: str | None = None
     error_class: str | None = None
@@ -104,6 +115,44 @@ class RequestInvalid(ValueError):
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One client-facing URL of a dialect: the operation it performs and where its call's model and stream flag are.
+
+    `path` is an aiohttp route pattern. When it has a `{model}` part (Gemini's
+    `/v1beta/models/{model}:generateContent`, Azure's `/openai/deployments/{model}/...`) the model
+    is taken from the URL, otherwise from the body's `model` field. `streams` is set when the URL
+    decides whether the answer streams (Gemini's `:streamGenerateContent`); when None, the body's
+    `stream` flag does. `query` lists (name, value) pairs the URL must carry, because the gateway
+    answers only in that form (Gemini streams as server-sent events: `alt=sse`).
+    """
+
+    path: str
+    operation: str
+    streams: bool | None = None
+    query: tuple[tuple[str, str], ...] = ()
+
+    def check_query(self, query: Mapping[str, str]) -> None:
+        """`RequestInvalid` naming the query parameter the URL lacks."""
+        for name, value in self.query:
+            if query.get(name) != value:
+                raise RequestInvalid(f"add the query parameter {name}={value}: this gateway answers only so", name)
+
+    def requested_model(self, path_parts: Mapping[str, str], body: Mapping[str, Any]) -> str:
+        """The model the call asks for; `RequestInvalid` when the body should name it and does not."""
+        if "model" in path_parts:
+            return path_parts["model"]
+        model = body.get("model")
+        if model is None or model == "":
+            raise RequestInvalid("missing required field 'model'", param="model")
+        if not isinstance(model, str):
+            raise RequestInvalid(f"field 'model' must be a string, got {type(model).__name__}", param="model")
+        return model
+
+    def streaming(self, body: Mapping[str, Any]) -> bool:
+        return self.streams if self.streams is not None else body.get("stream") is True
+
+
+@dataclass(frozen=True)
 class ApiError:
     """An error to show a client, rendered in the shape of the API the client called."""
 
@@ -114,6 +163,10 @@ class ApiError:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+OPTIONAL_SETTINGS = ("api_version", "stream_usage")
+"""Provider config fields that only some families use; setting one a family does not use is a config error."""
+
+
 class ProviderFamily(ABC):
     """One configured upstream provider of a given wire-format family."""
 
@@ -121,10 +174,19 @@ class ProviderFamily(ABC):
     pricing_id_default: str | None = None
     dialect: str
     operations: frozenset[str]
+    settings: frozenset[str] = frozenset()
+    """Which of `OPTIONAL_SETTINGS` this family reads."""
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
+        for setting in OPTIONAL_SETTINGS:
+            if getattr(config, setting) is not None and setting not in self.settings:
+                users = sorted(kind for kind, family in provider_families().items() if setting in family.settings)
+                raise ValueError(
+                    f"providers.{name}.{setting}: kind {self.kind} does not use it; "
+                    f"it applies to kind {' and '.join(users) or 'none'}"
+                )
 
     @property
     def pricing_id(self) -> str | None:
@@ -134,7 +196,8 @@ class ProviderFamily(ABC):
 
     @abstractmethod
     def path(self, operation: str) -> str:
-        """The upstream path (after `base_url`) that serves `operation`."""
+        """The upstream path (after `base_url`) that serves `operation`; a `{model}` part is where the URL names
+        the model (see `url`)."""
 
     @abstractmethod
     def auth_headers(self) -> dict[str, str]:
@@ -145,6 +208,16 @@ class ProviderFamily(ABC):
         client's behalf (the stream meter then hides it again)."""
         return False
 
+    def url(self, operation: str, body: dict[str, Any], upstream_model: str, streaming: bool) -> str:
+        """The upstream URL of a call: `base_url` and the operation's path, the model in place of a `{model}` part."""
+        return self.config.base_url + self.path(operation).replace("{model}", quote(upstream_model, safe=""))
+
+    def name_model(self, operation: str, body: dict[str, Any], upstream_model: str) -> bool:
+        """Put the upstream model where this API reads it in a body (`model`); True if the body changed."""
+        changed = body.get("model") != upstream_model
+        body["model"] = upstream_model
+        return changed
+
     def prepare(
         self,
         operation: str,
@@ -152,19 +225,24 @@ class ProviderFamily(ABC):
         raw_body: bytes,
         upstream_model: str,
         forward_headers: dict[str, str],
+        streaming: bool,
     ) -> PreparedRequest:
         """Build the upstream request; the client's own bytes are sent when nothing had to change."""
-        changed = body["model"] != upstream_model
-        body["model"] = upstream_model
+        changed = self.name_model(operation, body, upstream_model)
         injected = self.shape_body(operation, body)
         headers = {**self.default_headers, **forward_headers, **self.config.headers, **self.auth_headers()}
         headers["content-type"] = "application/json"
         return PreparedRequest(
-            url=self.config.base_url + self.path(operation),
+            url=self.url(operation, body, upstream_model, streaming),
             headers=headers,
             body=orjson.dumps(body) if changed or injected else raw_body,
             injected_usage_request=injected,
         )
+
+    def response_ids(self, payload: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(the model that answered, the provider's id for the answer) of a non-streaming response."""
+        model, answer_id = payload.get("model"), payload.get("id")
+        return (model if isinstance(model, str) else None), (answer_id if isinstance(answer_id, str) else None)
 
     @abstractmethod
     def usage_from_response(self, operation: str, payload: dict[str, Any]) -> Usage | None:
@@ -182,11 +260,21 @@ class ProviderFamily(ABC):
     def stream_meter(self, operation: str, injected_usage_request: bool) -> StreamMeter:
         """A fresh meter for one streaming response."""
 
+    def service_tier(self, operation: str, payload: dict[str, Any]) -> str | None:
+        """The service tier a non-streaming response says served it; None when it says none."""
+        return None
+
 
 class Dialect(ABC):
-    """The client-facing side of a wire format: request validation and error shapes."""
+    """The client-facing side of a wire format: its URLs, request validation and error shapes."""
 
     name: str
+    endpoints: tuple[Endpoint, ...]
+    key_query: str | None = None
+    """A query parameter clients of this API may send their key in (Gemini's `?key=`), besides the headers."""
+    sends_cost_comment: bool = True
+    """Whether a stream tells its cost in an SSE comment line before its last event. False for APIs whose
+    official clients read every line that is not `data:` as JSON (google-genai does)."""
 
     @abstractmethod
     def validate(self, operation: str, body: dict[str, Any]) -> None:
@@ -212,8 +300,32 @@ class Dialect(ABC):
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
         """The output-token cap the client asked for, if any."""
 
+    def service_tier(self, body: dict[str, Any]) -> str | None:
+        """The service tier the client asked for (`service_tier` in both OpenAI and Anthropic bodies), if any."""
+        return text_field(body, "service_tier")
 
-_CONTEXT_LENGTH = re.compile(r"context.length|maximum context|prompt is too long|too many tokens", re.IGNORECASE)
+    def temperature(self, body: dict[str, Any]) -> float | None:
+        """The sampling temperature the client asked for, if any."""
+        value = body.get("temperature")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @abstractmethod
+    def request_shape(self, operation: str, body: dict[str, Any]) -> RequestShape:
+        """Hashes and counts of a validated request body for the insights, never its text.
+
+        Build it with `meterline.providers.shape.shape_of`, telling it which fields of this
+        format do not change the answer (left out of `request_hash` with `model`: streaming
+        options, the end user's id), the contents of the leading system/developer instructions and the tool
+        definitions (the prefix provider prompt caching reuses: `prefix_hash` and its estimated
+        `system_tokens`), how many messages or input items the request holds, and its output cap.
+        Called once per logical request on the request path, so it must stay cheap.
+        """
+
+
+_CONTEXT_LENGTH = re.compile(
+    r"context.length|maximum context|prompt is too long|too many tokens|exceeds the maximum number of tokens",
+    re.IGNORECASE,
+)
 
 
 def classify_upstream_error(status: int, code: str | None, message: str) -> str:
@@ -223,7 +335,7 @@ def classify_upstream_error(status: int, code: str | None, message: str) -> str:
         return "rate_limit"
     if status in (408, 504):
         return "timeout"
-    if status in (401, 403):
+    if status in (401, 403) or "api_key" in code:
         return "auth"
     if status == 404:
         return "not_found"
@@ -237,12 +349,29 @@ def classify_upstream_error(status: int, code: str | None, message: str) -> str:
 
 
 def error_details(payload: Any) -> tuple[str | None, str]:
-    """(code, message) from an `{"error": {...}}` body as OpenAI and Anthropic both send it."""
+    """(code, message) from an `{"error": {...}}` body as OpenAI, Anthropic, Azure and Google send it.
+
+    Google's `code` is the HTTP status; its reason (an `ErrorInfo` detail such as API_KEY_INVALID),
+    else its `status` (RESOURCE_EXHAUSTED), is the code then.
+    """
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         return None, ""
-    code = error.get("code") or error.get("type")
+    code = error.get("code")
+    if not isinstance(code, str) or not code:
+        reasons = [d.get("reason") for d in error.get("details") or () if isinstance(d, dict) and d.get("reason")]
+        code = reasons[0] if reasons else error.get("type") or error.get("status")
     return (str(code) if code else None), str(error.get("message") or "")
+
+
+def text_field(container: Any, *path: str) -> str | None:
+    """A non-empty string at `path` inside nested dicts, or None."""
+    value: Any = container
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def int_field(container: Any, *path: str) -> int:
@@ -263,6 +392,13 @@ def provider_families() -> dict[str, type[ProviderFamily]]:
     return {entry.name: entry.load() for entry in entry_points(group="meterline.providers")}
 
 
+@cache
+def dialects() -> dict[str, Dialect]:
+    """All registered client-facing dialects by name (the `meterline.dialects` entry point group)."""
+    found = {entry.name: entry.load()() for entry in entry_points(group="meterline.dialects")}
+    return {dialect.name: dialect for dialect in found.values()}
+
+
 def build_provider(name: str, config: ProviderConfig) -> ProviderFamily:
     families = provider_families()
     if config.kind not in families:
@@ -274,3 +410,8 @@ def build_provider(name: str, config: ProviderConfig) -> ProviderFamily:
 def pricing_ids(providers: Mapping[str, ProviderConfig]) -> dict[str, str | None]:
     """The genai-prices provider id each configured provider is priced as (None: not priced)."""
     return {name: build_provider(name, config).pricing_id for name, config in providers.items()}
+
+
+def deployment_models(providers: Mapping[str, ProviderConfig]) -> dict[str, dict[str, str]]:
+    """Each configured provider's `deployments` map (deployment or served-model name -> the model it runs)."""
+    return {name: dict(config.deployments) for name, config in providers.items() if config.deployments}

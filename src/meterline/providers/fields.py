@@ -45,13 +45,17 @@ def check_fields(body: dict[str, Any], rules: dict[str, FieldRule]) -> None:
 
 
 def text_of_content(content: Any) -> str:
-    """The text inside a message `content`: a string, or a list of parts with `text` fields."""
+    """The text inside a message `content`: a string, or a list of parts with `text` fields.
+
+    A dict is read by its first key of `text`, `content`, `input_text` and `parts` (Gemini's
+    `{"role": ..., "parts": [{"text": ...}]}`), so a whole message works too.
+    """
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "\n".join(text_of_content(part) for part in content)
     if isinstance(content, dict):
-        for key in ("text", "content", "input_text"):
+        for key in ("text", "content", "input_text", "parts"):
             if key in content:
                 return text_of_content(content[key])
     return ""

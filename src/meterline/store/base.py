@@ -42,6 +42,7 @@ class EventQuery:
     app: str | None = None
     model: str | None = None
     provider: str | None = None
+    batch_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
@@ -130,7 +131,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("the cursor is not valid: pass the next_cursor of a previous page unchanged") from None
 
 
-_EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider")
+_EQUALITY_FILTERS = ("request_id", "user", "feature", "team", "app", "provider", "batch_id")
 
 
 def event_filter(query: EventQuery) -> tuple[str, dict[str, Any]]:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from meterline.config import StoreConfig
-from meterline.events.schema import COLUMN_NAMES, COLUMNS, Column, arrow_schema, arrow_to_events
+from meterline.events.schema import COLUMN_NAMES, COLUMNS, SHAPE_COLUMNS, Column, arrow_schema, arrow_to_events
 from meterline.store.base import EventPage, EventQuery, StoreUnavailable, event_filter, event_page
 from meterline.store.clickhouse_sql import to_clickhouse
 from meterline.store.clickhouse_transport import Transport, TransportError, transport_for
@@ -103,7 +103,25 @@ def _create_events(database: str) -> list[str]:
     ]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the events table", _create_events),)
+def add_columns(*names: str) -> Callable[[str], list[str]]:
+    """A migration adding columns of `COLUMNS` to an older events table (existing rows read as the type's default)."""
+    columns = {column.name: column for column in COLUMNS}
+    unknown = [name for name in names if name not in columns]
+    if unknown:
+        raise ValueError(f"add_columns: {unknown} are not columns of UsageEvent")
+    return lambda database: [
+        f'ALTER TABLE {database}.events ADD COLUMN IF NOT EXISTS "{name}" {_column_type(columns[name])}'
+        for name in names
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the events table", _create_events),
+    Migration(
+        8, "add the request shape the insights read (hashes and counts, never text)", add_columns(*SHAPE_COLUMNS)
+    ),
+    Migration(9, "add service_tier and batch_id (tier and batch prices)", add_columns("service_tier", "batch_id")),
+)
 
 
 class ClickHouseStore:

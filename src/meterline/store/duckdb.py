@@ -32,7 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from meterline.config import StoreConfig
-from meterline.events.schema import COLUMN_NAMES, COLUMNS, DUCKDB_TYPES, UsageEvent, arrow_schema, arrow_to_events
+from meterline.events.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    DUCKDB_TYPES,
+    SHAPE_COLUMNS,
+    UsageEvent,
+    arrow_schema,
+    arrow_to_events,
+)
 from meterline.store.base import EventPage, EventQuery, SegmentFormatError, event_filter, event_page
 
 _COLUMN_KINDS = {column.name: column.kind for column in COLUMNS}
@@ -128,6 +136,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "add saved_usd (what a cache hit saved)", add_columns("saved_usd")),
     Migration(3, "add served_model (the model that served; differs from requested on a downgrade)", _add_served_model),
     Migration(7, "add response_id (the provider's id for its answer, gen_ai.response.id)", add_columns("response_id")),
+    Migration(
+        8, "add the request shape the insights read (hashes and counts, never text)", add_columns(*SHAPE_COLUMNS)
+    ),
+    Migration(9, "add service_tier and batch_id (tier and batch prices)", add_columns("service_tier", "batch_id")),
 )
 
 

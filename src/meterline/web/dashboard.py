@@ -50,6 +50,7 @@ PAGES: dict[str, Page] = {
     "/cache": Page("cache", "Cache"),
     "/errors": Page("errors", "Errors"),
     "/agents": Page("agents", "Agents"),
+    "/insights": Page("insights", "Insights"),
     "/requests": Page("requests", "Requests", charts=False),
     "/pricing": Page("pricing", "Pricing", charts=False, ranged=False),
     "/alerts": Page("alerts", "Alerts", charts=False, ranged=False),

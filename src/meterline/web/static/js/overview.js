@@ -1,4 +1,5 @@
-/** Overview: headline figures, spend over time, the month's forecast, the top spenders and unattributed spend. */
+/** Overview: headline figures, spend over time, the month's forecast (overall, by team and feature), the top
+ * spenders and unattributed spend. */
 import {
   api, barChart, bucketRange, chart, count, DOLLARS, el, empty, granularity, load, money, percent, requestsLink,
   seriesChart, stats, sum, table, utcMidnight,
@@ -8,6 +9,7 @@ const spend = api("spend", { granularity: granularity() });
 const forecast = api("forecast");
 const lastWeek = api("spend", { granularity: "day", since: utcMidnight(7), until: "" });
 const cost = (row) => row.cost_usd;
+const interval = (projection) => `${money(projection.low_usd)} to ${money(projection.high_usd)}`;
 
 load("headline", async (box) => {
   const [range, month, week] = await Promise.all([spend, forecast, lastWeek]);
@@ -22,7 +24,7 @@ load("headline", async (box) => {
     ["Today so far (UTC)", money(todayCost), comparison],
     ["7-day daily average", money(dailyAverage), "the 7 full UTC days before today"],
     [`Month to date (${month.month})`, money(month.month_to_date_usd)],
-    ["Projected month end", money(month.projected_month_end_usd), "see the forecast below"],
+    ["Projected month end", money(month.projected_month_end_usd), `${interval(month)} (90% interval)`],
   ]);
 });
 
@@ -46,11 +48,17 @@ load("forecast", async (box) => {
       { type: "scatter", mode: "lines+markers", name: "month to date", x: days, y: cumulative },
       {
         type: "scatter",
-        mode: "lines",
+        mode: "lines+markers",
         name: "forecast",
         line: { dash: "dash" },
         x: [days.at(-1), monthEnd],
         y: [total, projected],
+        error_y: {
+          type: "data",
+          symmetric: false,
+          array: [0, month.high_usd - projected],
+          arrayminus: [0, projected - month.low_usd],
+        },
       },
     ],
     {
@@ -58,8 +66,22 @@ load("forecast", async (box) => {
       target: (point) => point.customdata && requestsLink(bucketRange(`${point.customdata}T00:00:00Z`, "day", false)),
     },
   );
-  box.append(el("p", { class: "note" }, `Projected ${money(projected)} by ${monthEnd}: ${month.method}.`));
+  const range = `${interval(month)} with ${percent(month.interval_level)} confidence`;
+  box.append(el("p", { class: "note" }, `Projected ${money(projected)} by ${monthEnd} (${range}): ${month.method}.`));
 });
+
+for (const by of ["team", "feature"]) {
+  load(`forecast-${by}`, async (box) => {
+    const { groups, interval_level: level } = await api("forecast", { group_by: by, limit: 10 });
+    const columns = [
+      { label: by[0].toUpperCase() + by.slice(1), value: "value", link: (row) => requestsLink({ [by]: row.value }) },
+      { label: "Month to date", value: "month_to_date_usd", format: money, numeric: true },
+      { label: "Projected", value: "projected_month_end_usd", format: money, numeric: true },
+      { label: `${percent(level)} interval`, value: interval, numeric: true },
+    ];
+    table(box, columns, groups.filter((row) => row.projected_month_end_usd > 0), "No spend this month");
+  });
+}
 
 for (const by of ["feature", "user", "model"]) {
   load(`top-${by}`, async (box) => {
