@@ -219,11 +219,14 @@ def test_gateways_hand_their_spool_to_meterline_ingest(mock_provider: Service, t
 def test_a_gateway_starts_and_serves_while_clickhouse_is_down(mock_provider: Service, tmp_path: Path) -> None:
     """No ClickHouse answers at the configured URL: calls are answered, readiness holds, events wait in the spool."""
     port = free_port()
-    config = gateway_config(mock_provider.url, port).replace(
-        STORE_LINE,
-        f"store: {{kind: clickhouse, url: 'http://127.0.0.1:{free_port()}', spool_dir: ./data/spool, "
-        "flush_interval_ms: 50}",
-    ) + "budgets:\n  budgets: [{scope: 'team:t', period: day, limit_usd: 100, actions: [throttle]}]\n"
+    config = (
+        gateway_config(mock_provider.url, port).replace(
+            STORE_LINE,
+            f"store: {{kind: clickhouse, url: 'http://127.0.0.1:{free_port()}', spool_dir: ./data/spool, "
+            "flush_interval_ms: 50}",
+        )
+        + "budgets:\n  budgets: [{scope: 'team:t', period: day, limit_usd: 100, actions: [throttle]}]\n"
+    )
     (tmp_path / "meterline.yaml").write_text(config)
     gateway = GatewayService(
         ["serve", "--config", "meterline.yaml"], tmp_path, port, tmp_path / "gateway.log",
