@@ -2,8 +2,9 @@
 
 Everything runs locally on the embedded store: the demo writes its own config into its data
 folder, starts `meterline mock-provider` and `meterline serve`, sends attributed traffic through
-the gateway (chat, streaming, embeddings, Anthropic messages, agent runs, a few injected
-faults), then prints where the money went and keeps a trickle of traffic going until Ctrl-C.
+the gateway (OpenAI chat, streaming, embeddings, Anthropic messages, Gemini generateContent,
+agent runs, a few injected faults that retries absorb, repeated questions the response cache
+answers), then prints where the money went and keeps a trickle of traffic going until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ _FEATURES = {
     "ticket-classifier": ("support", "gpt-4o"),
     "doc-indexer": ("search", "text-embedding-3-small"),
     "research-agent": ("research", "claude-haiku-4-5"),
+    "doc-tagger": ("content", "gemini-2.5-flash"),
 }
+_FAQ = [
+    f"How do I {task} in the {area} settings?" for task in ("reset", "export", "share") for area in ("team", "billing")
+]
+"""The questions search-answer users ask again and again: the cache answers the repeats."""
 
 
 def demo_config(port: int, mock_port: int) -> str:
@@ -41,6 +47,9 @@ store: {{kind: duckdb, path: ./meterline.duckdb, spool_dir: ./spool}}
 providers:
   openai:    {{kind: openai, base_url: {mock}/v1, api_key: mock-openai-key}}
   anthropic: {{kind: anthropic, base_url: {mock}, api_key: mock-anthropic-key}}
+  gemini:    {{kind: gemini, base_url: {mock}/v1beta, api_key: mock-gemini-key}}
+resilience: {{retries: 1, backoff: {{initial_s: 0.05, max_s: 0.5}}}}
+cache: {{enabled: true}}
 models:
   - {{name: gpt-4o-mini, provider: openai}}
   - {{name: gpt-4o, provider: openai}}
@@ -48,6 +57,7 @@ models:
   - {{name: text-embedding-3-small, provider: openai}}
   - {{name: claude-sonnet-4-5, provider: anthropic}}
   - {{name: claude-haiku-4-5, provider: anthropic}}
+  - {{name: gemini-2.5-flash, provider: gemini}}
 """
 
 
@@ -92,6 +102,16 @@ def synthetic_call(rng: random.Random, index: int) -> tuple[str, dict[str, str],
             headers["x-meterline-agent-step"] = str(index % 6)
         body = {"model": model, "max_tokens": 1024, "stream": stream, "messages": [{"role": "user", "content": prompt}]}
         return "/v1/messages", headers, body
+    if model.startswith("gemini"):
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        return f"/v1beta/models/{model}:{method}", headers, body
+    if feature == "search-answer":  # temperature 0 and a few recurring questions: cacheable
+        messages = [
+            {"role": "system", "content": "Answer from the help center."},
+            {"role": "user", "content": rng.choice(_FAQ)},
+        ]
+        return "/v1/chat/completions", headers, {"model": model, "temperature": 0, "messages": messages}
     messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": prompt}]
     return "/v1/chat/completions", headers, {"model": model, "stream": stream, "messages": messages}
 
