@@ -413,6 +413,30 @@ def test_exported_spans_and_metrics_carry_the_semconv_names(gateway: GatewayServ
 # ---- /metrics -------------------------------------------------------------------------------------------
 
 
+JSON_NAMES = {"maxOutputTokens": 256, "temperature": 0.4, "topP": 0.8, "topK": 40, "candidateCount": 2,
+              "stopSequences": ["END"], "seed": 7, "responseMimeType": "application/json"}  # fmt: skip
+PROTO_NAMES = {"max_output_tokens": 256, "temperature": 0.4, "top_p": 0.8, "top_k": 40, "candidate_count": 2,
+               "stop_sequences": ["END"], "seed": 7}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "settings"),
+    [("generationConfig", JSON_NAMES), ("generation_config", PROTO_NAMES)],
+    ids=["json-names", "proto-names"],
+)
+def test_gemini_generation_config_is_exported_as_request_parameters(field: str, settings: dict[str, Any]) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], field: settings}
+    assert request_parameters(body) == {
+        semconv.GEN_AI_REQUEST_MAX_TOKENS: 256,
+        semconv.GEN_AI_REQUEST_TEMPERATURE: 0.4,
+        semconv.GEN_AI_REQUEST_TOP_P: 0.8,
+        semconv.GEN_AI_REQUEST_TOP_K: 40,
+        semconv.GEN_AI_REQUEST_CHOICE_COUNT: 2,
+        semconv.GEN_AI_REQUEST_STOP_SEQUENCES: ["END"],
+        semconv.GEN_AI_REQUEST_SEED: 7,
+    }
+
+
 def test_prometheus_metrics_match_the_events(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gateway = make_gateway()
     client = gateway.openai()

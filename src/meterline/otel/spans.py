@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from meterline.events.schema import UsageEvent
 from meterline.otel import names
+from meterline.providers.gemini import proto_field, snake_case
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -38,10 +39,15 @@ def trace_id_of(event: UsageEvent) -> int:
 
 
 def request_parameters(body: Mapping[str, Any]) -> Attributes:
-    """The `gen_ai.request.*` parameters a request body sets (max_tokens, temperature, ...)."""
+    """The `gen_ai.request.*` parameters a request body sets (max_tokens, temperature, ...).
+
+    OpenAI- and Anthropic-style bodies set them at the top level; Gemini's in `generationConfig`,
+    under camelCase JSON names or snake_case proto names."""
+    config = proto_field(body, "generationConfig")
+    settings = {snake_case(name): value for name, value in config.items()} if isinstance(config, dict) else body
     found: Attributes = {}
     for field, attribute in names.REQUEST_PARAMETERS.items():
-        value = body.get(field)
+        value = settings.get(field)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float | str):

@@ -20,6 +20,7 @@ in an `ErrorInfo` detail.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -65,21 +66,22 @@ _STREAM_PATH = "/models/{model}:streamGenerateContent?alt=sse"
 _BATCH_EMBED_PATH = "/models/{model}:batchEmbedContents"
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
+    """A JSON field name as its proto name: `maxOutputTokens` -> `max_output_tokens`."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _spellings(name: str, rule: FieldRule) -> dict[str, FieldRule]:
     """A field under its JSON name and its proto name (the API accepts `generationConfig` and `generation_config`)."""
-    return {name: rule, _snake(name): rule}
+    return {name: rule, snake_case(name): rule}
 
 
 def proto_field(body: Any, name: str) -> Any:
     """A field of a request object by its JSON name, else by its proto (snake_case) name."""
-    if not isinstance(body, dict):
+    if not isinstance(body, Mapping):
         return None
     value = body.get(name)
-    return body.get(_snake(name)) if value is None else value
+    return body.get(snake_case(name)) if value is None else value
 
 
 _RULES: dict[str, dict[str, FieldRule]] = {
