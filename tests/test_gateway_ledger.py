@@ -229,6 +229,12 @@ def test_demo_runs_and_reports_spend(tmp_path) -> None:  # type: ignore[no-untyp
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "spend by feature:" in result.stdout and "spend by model:" in result.stdout
-    assert "$0.000000" not in result.stdout.split("spend by model:")[1].splitlines()[1]
-    assert (tmp_path / "meterline-data" / "demo" / "meterline.duckdb").exists()
+    assert "spend of these calls by feature:" in result.stdout and "by model:" in result.stdout
+    assert "$0.000000" not in result.stdout.split("by model:")[1].splitlines()[1]
+    demo_dir = tmp_path / "meterline-data" / "demo"
+    assert (demo_dir / "meterline.duckdb").exists()
+    # the simulated week of history gives the insights something to find
+    insights = run_cli("insights", "--config", "meterline.yaml", "--json", cwd=demo_dir)
+    assert insights.returncode == 0, insights.stderr
+    found = {finding["detector"] for finding in json.loads(insights.stdout)["findings"]}
+    assert {"system_prompt_tax", "model_mismatch", "embedding_leak", "output_bloat"} <= found

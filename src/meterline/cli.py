@@ -238,17 +238,35 @@ def mock_provider(
 )
 @click.option("--requests", "request_count", type=int, default=300, show_default=True, help="Synthetic calls to send.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
-def demo(port: int, mock_port: int, data_dir: Path, request_count: int, duration: float | None) -> None:
+@click.option(
+    "--history-days",
+    type=click.IntRange(0, 90),
+    default=7,
+    show_default=True,
+    help="Days of simulated history, with the leaks `meterline insights` finds, written into a new demo store "
+    "before the gateway starts (0: live traffic only).",
+)
+def demo(
+    port: int, mock_port: int, data_dir: Path, request_count: int, duration: float | None, history_days: int
+) -> None:
     """Run the mock provider and the gateway, send synthetic traffic, and show where it went.
 
     \b
     Examples:
       meterline demo
       meterline demo --requests 1000 --duration 60
+      meterline demo --history-days 0
     """
     from meterline.demo import run_demo
 
-    run_demo(port=port, mock_port=mock_port, data_dir=data_dir, request_count=request_count, duration=duration)
+    run_demo(
+        port=port,
+        mock_port=mock_port,
+        data_dir=data_dir,
+        request_count=request_count,
+        duration=duration,
+        history_days=history_days,
+    )
 
 
 @main.group()

@@ -5,6 +5,10 @@ folder, starts `meterline mock-provider` and `meterline serve`, sends attributed
 the gateway (OpenAI chat, streaming, embeddings, Anthropic messages, Gemini generateContent,
 agent runs, a few injected faults that retries absorb, repeated questions the response cache
 answers), then prints where the money went and keeps a trickle of traffic going until Ctrl-C.
+
+A new demo store first gets a week of simulated history (`meterline.simulate` with every leak of
+`meterline.leaks`), so the dashboard opens with trends, a month-end forecast and insights to
+explore, not only the minute of live traffic.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +146,13 @@ async def send_traffic(base_url: str, count: int, seed: int, show_progress: bool
     return answered
 
 
-async def spend_summary(base_url: str) -> dict[str, dict[str, float]]:
-    """Spend by feature and by model over the last day, from the analytics API's top-N endpoint."""
+async def spend_summary(base_url: str, since: str) -> dict[str, dict[str, float]]:
+    """Spend by feature and by model since `since` (ISO 8601), from the analytics API's top-N endpoint."""
     headers = {"authorization": f"Bearer {DEMO_MASTER_KEY}"}
     totals: dict[str, dict[str, float]] = {}
     async with aiohttp.ClientSession() as session:
         for dimension in ("feature", "model"):
-            params = {"by": dimension, "since": "24h", "limit": "20"}
+            params = {"by": dimension, "since": since, "limit": "20"}
             async with session.get(base_url + "/api/v1/top", params=params, headers=headers) as reply:
                 top = await reply.json()
             totals[dimension] = {row["value"]: row["cost_usd"] for row in top["rows"]}
@@ -156,22 +161,52 @@ async def spend_summary(base_url: str) -> dict[str, dict[str, float]]:
     return totals
 
 
-async def wait_for_events(base_url: str, expected: int, timeout_s: float = 15) -> None:
+async def wait_for_events(base_url: str, since: str, expected: int, timeout_s: float = 15) -> None:
+    """Wait until the store holds `expected` events (at most 1,000) that started at `since` or later."""
     headers = {"authorization": f"Bearer {DEMO_MASTER_KEY}"}
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            async with session.get(base_url + "/api/v1/events", params={"limit": "1000"}, headers=headers) as reply:
+            async with session.get(
+                base_url + "/api/v1/events", params={"limit": "1000", "since": since}, headers=headers
+            ) as reply:
                 if len((await reply.json())["data"]) >= min(expected, 1000):
                     return
             await asyncio.sleep(0.25)
 
 
-def run_demo(port: int, mock_port: int, data_dir: Path, request_count: int, duration: float | None) -> None:
+def write_history(store_path: Path, days: int) -> int:
+    """Fill a new store with `days` of simulated traffic up to this hour, every leak included; the events written."""
+    from meterline.config import StoreConfig
+    from meterline.leaks import LEAK_TYPES
+    from meterline.pricing.table import PriceTable
+    from meterline.simulate import PROVIDERS, hour_floor, simulate
+    from meterline.store.duckdb import DuckDBStore
+
+    store = DuckDBStore(StoreConfig(path=store_path))
+    store.open()
+    try:
+        end = hour_floor(datetime.now(UTC))
+        written, _ = simulate(
+            store, PriceTable.load(None, PROVIDERS), days=days, end=end, kinds=[], leaks=list(LEAK_TYPES)
+        )
+    finally:
+        store.close()
+    return written
+
+
+def run_demo(
+    port: int, mock_port: int, data_dir: Path, request_count: int, duration: float | None, history_days: int
+) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "meterline.yaml"
     config_path.write_text(demo_config(port, mock_port))
     started = time.monotonic()
+    store_path = data_dir / "meterline.duckdb"
+    if history_days and not store_path.exists():
+        click.echo(f"writing {history_days} days of simulated history (with the usual leaks) into {store_path} ...")
+        written = write_history(store_path, history_days)
+        click.echo(f"{written:,} simulated events written")
     mock = _start(
         ["mock-provider", "--port", str(mock_port), "--latency-ms", "20", "--per-token-ms", "0.5"],
         data_dir,
@@ -181,12 +216,13 @@ def run_demo(port: int, mock_port: int, data_dir: Path, request_count: int, dura
     gateway = _start(["serve", "--config", config_path.name], data_dir, "gateway.log", "listening")
     base_url = f"http://127.0.0.1:{port}"
     try:
+        live_since = datetime.now(UTC).isoformat()
         answered = asyncio.run(send_traffic(base_url, request_count, seed=7, show_progress=True))
-        asyncio.run(wait_for_events(base_url, request_count))
-        totals = asyncio.run(spend_summary(base_url))
+        asyncio.run(wait_for_events(base_url, live_since, request_count))
+        totals = asyncio.run(spend_summary(base_url, live_since))
         click.echo(f"\n{answered} of {request_count} calls answered (the rest hit injected provider faults).")
         for dimension in ("feature", "model"):
-            click.echo(f"\nspend by {dimension}:")
+            click.echo(f"\nspend of these calls by {dimension}:")
             for name, cost in sorted(totals[dimension].items(), key=lambda item: -item[1]):
                 click.echo(f"  {name:<28} ${cost:,.6f}")
         click.echo(
