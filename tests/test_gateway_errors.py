@@ -236,6 +236,22 @@ def test_meterline_headers_and_client_key_are_not_forwarded(gateway, mock_reques
     assert MASTER_KEY not in json.dumps(received)
 
 
+def test_cookies_a_provider_sets_are_not_sent_on_later_calls(make_gateway, mock_provider, mock_requests) -> None:  # type: ignore[no-untyped-def]
+    # reached by host name: a cookie jar would keep a cookie of a named host (not of a bare IP address)
+    by_name = mock_provider.url.replace("127.0.0.1", "localhost")
+    gateway = make_gateway(
+        extra_providers=f"  named: {{kind: openai, base_url: {by_name}/v1, api_key: k}}",
+        extra_models="  - {name: named-model, provider: named, upstream_model: gpt-4o-mini}",
+    )
+    chat = {**CHAT, "model": "named-model"}
+    first = post(gateway, "/v1/chat/completions", chat, **{"x-mock-set-cookie": "__cf_bm=caller-one; Path=/"})
+    assert first.status_code == 200 and first.headers["set-cookie"].startswith("__cf_bm=caller-one")
+    assert post(gateway, "/v1/chat/completions", chat).status_code == 200
+    received = [r for r in mock_requests() if r["path"] == "/v1/chat/completions"]
+    assert len(received) == 2
+    assert not any("cookie" in {name.lower() for name in r["headers"]} for r in received)
+
+
 def test_stream_asks_upstream_for_usage(gateway, mock_requests) -> None:  # type: ignore[no-untyped-def]
     with httpx.stream(
         "POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=gateway.headers()

@@ -189,7 +189,10 @@ class Gateway:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # no cookie jar: cookies a provider's edge sets on one caller's call must not ride along on other callers'
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     async def stop(self) -> None:
         if self.session is not None:

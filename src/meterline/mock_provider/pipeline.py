@@ -5,7 +5,8 @@ required header and query parameter, choose a fault (answer an error fault at on
 `timeout`), reject a body that is not a JSON object, run the route, and deliver its answer. A
 route is a plain function from a `Call` to an answer; it raises `ApiError` to refuse a request.
 A model named in the URL (Gemini's `/models/{model}:...`, Azure's `/deployments/{model}/...`)
-counts as the request's model for `x-mock-fault-model`.
+counts as the request's model for `x-mock-fault-model`. `x-mock-set-cookie: <value>` makes the
+answer carry `Set-Cookie: <value>`, as the CDN in front of a provider's API sets its cookies.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def make_handler(state: MockState, family: Family, route: Route, *, takes_body: 
             )
         )
         response_headers = {family.request_id_header: new_id("req_")}
+        if (cookie := headers.get("x-mock-set-cookie")) is not None:  # as providers' edges set __cf_bm and the like
+            response_headers["Set-Cookie"] = cookie
         path, query = request.match_info, request.query
         try:
             if not state.authorised(headers, query):

@@ -29,7 +29,10 @@ class PrimaryForwarder:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300))
+        # no cookie jar: each caller's cookies (a dashboard session) pass through and none are kept for the next
+        self.session = aiohttp.ClientSession(
+            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300), cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     async def stop(self) -> None:
         if self.session is not None:
