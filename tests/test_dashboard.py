@@ -214,6 +214,9 @@ def test_a_team_read_key_signs_in_and_sees_only_its_team(browser: Browser, seede
     expect(page.locator(".topbar .scope")).to_have_text("team discovery")
     features = set(column(page, "feature-table", "Feature"))
     assert {"search", "summarize"} <= features and not features & {"support", "chat"}
+    # alerts span every team: no link to them, and the page refuses the key
+    assert "Alerts" not in page.locator(".topbar nav").inner_text()
+    assert page.request.get("/alerts").status == 403
 
     httpx.delete(seeded.url + f"/api/v1/keys/{created['key_id']}", headers=seeded.headers())
     page.goto("/features")

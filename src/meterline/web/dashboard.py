@@ -40,6 +40,8 @@ class Page:
     """Whether the page loads Plotly.js."""
     ranged: bool = True
     """Whether the page shows the time-range picker and the filters (its data depends on them)."""
+    admin_only: bool = False
+    """Whether only the master key and admin sessions see it (its data spans every team)."""
 
 
 PAGES: dict[str, Page] = {
@@ -53,7 +55,7 @@ PAGES: dict[str, Page] = {
     "/insights": Page("insights", "Insights"),
     "/requests": Page("requests", "Requests", charts=False),
     "/pricing": Page("pricing", "Pricing", charts=False, ranged=False),
-    "/alerts": Page("alerts", "Alerts", charts=False, ranged=False),
+    "/alerts": Page("alerts", "Alerts", charts=False, ranged=False, admin_only=True),
 }
 
 FILTERS = ("team", "app", "feature", "user", "model", "provider")
@@ -108,10 +110,12 @@ class Dashboard:
         if identity is None or not self.auth.may_read(identity):
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
         page = PAGES[request.path]
+        if page.admin_only and not identity.is_admin:
+            raise web.HTTPForbidden(text=f"{page.title} covers every team: sign in with the master key to see it")
         return self.render(
             f"{page.name}.html",
             page=page,
-            pages=PAGES,
+            pages={path: item for path, item in PAGES.items() if identity.is_admin or not item.admin_only},
             request_path=request.path,
             query=request.query,
             view=View({name: request.query.get(name, "") for name in CARRIED}),
