@@ -161,8 +161,9 @@ async def spend_summary(base_url: str, since: str) -> dict[str, dict[str, float]
     return totals
 
 
-async def wait_for_events(base_url: str, since: str, expected: int, timeout_s: float = 15) -> None:
-    """Wait until the store holds `expected` events (at most 1,000) that started at `since` or later."""
+async def wait_for_events(base_url: str, since: str, expected: int, timeout_s: float = 60) -> bool:
+    """Wait until the store holds `expected` events (at most 1,000) that started at `since` or later; whether
+    they arrived within `timeout_s` (a gateway that just opened a large store may take a while to load)."""
     headers = {"authorization": f"Bearer {DEMO_MASTER_KEY}"}
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
@@ -171,8 +172,9 @@ async def wait_for_events(base_url: str, since: str, expected: int, timeout_s: f
                 base_url + "/api/v1/events", params={"limit": "1000", "since": since}, headers=headers
             ) as reply:
                 if len((await reply.json())["data"]) >= min(expected, 1000):
-                    return
+                    return True
             await asyncio.sleep(0.25)
+    return False
 
 
 def write_history(store_path: Path, days: int) -> int:
@@ -218,9 +220,11 @@ def run_demo(
     try:
         live_since = datetime.now(UTC).isoformat()
         answered = asyncio.run(send_traffic(base_url, request_count, seed=7, show_progress=True))
-        asyncio.run(wait_for_events(base_url, live_since, request_count))
+        loaded = asyncio.run(wait_for_events(base_url, live_since, request_count))
         totals = asyncio.run(spend_summary(base_url, live_since))
         click.echo(f"\n{answered} of {request_count} calls answered (the rest hit injected provider faults).")
+        if not loaded:
+            click.echo("some of their events are still being loaded: the figures below and the dashboard catch up")
         for dimension in ("feature", "model"):
             click.echo(f"\nspend of these calls by {dimension}:")
             for name, cost in sorted(totals[dimension].items(), key=lambda item: -item[1]):
