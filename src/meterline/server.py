@@ -7,6 +7,7 @@ store, gateway, web); only the CLI imports it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from dataclasses import dataclass
@@ -302,6 +303,7 @@ def serve(config: Config, role: WorkerRole | None = None) -> None:
     over the workers), and worker 0 also listens on its internal port.
     """
     app = build_app(config, role)
+    app.on_startup.append(freeze_startup_objects)
     host, port = config.server.host, config.server.port
     if role is None:
         listen: dict[str, Any] = {"host": host, "port": port}
@@ -320,6 +322,17 @@ def serve(config: Config, role: WorkerRole | None = None) -> None:
         print=lambda _: print(banner, flush=True),
         loop=new_event_loop(),
     )
+
+
+async def freeze_startup_objects(_: web.Application) -> None:
+    """Move what start-up built (config, price tables, routes, clients) out of the cyclic GC's reach.
+
+    It lives as long as the process, yet every full collection would walk it: ~120k objects,
+    a 40-140 ms pause of the event loop each time. Frozen, a full collection walks only what
+    serving allocated since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
