@@ -441,3 +441,33 @@ def test_spool_writer_reports_what_is_pending(tmp_path: Path) -> None:
     writer.close()
     assert not writer.writable()
     assert segments(tmp_path / "spool") == [], "an empty active segment is removed on close"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_store_writes_run_as_background_work(tmp_path: Path) -> None:
+    """The store is opened and loaded from a SCHED_IDLE thread, so DuckDB's own threads are idle-class too."""
+    writer = SpoolWriter(tmp_path / "spool")
+    policies: list[int] = []
+
+    class RecordingStore(DuckDBStore):
+        def open(self) -> None:
+            policies.append(os.sched_getscheduler(0))
+            super().open()
+
+        def load_segments(self, paths: list[Path]) -> int:
+            policies.append(os.sched_getscheduler(0))
+            return super().load_segments(paths)
+
+    recording = RecordingStore(StoreConfig(path=tmp_path / "data" / "meterline.duckdb", spool_dir=tmp_path / "spool"))
+
+    async def run() -> None:
+        loader = make_loader(writer, recording)
+        await loader.open_store()
+        await loader.start()
+        writer.append(make_event(1))
+        await loader.stop()
+
+    asyncio.run(run())
+    assert policies and set(policies) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "only the writer thread is moved"
+    recording.close()

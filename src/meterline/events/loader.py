@@ -9,9 +9,9 @@ store fails, the segments stay, one warning is logged, and loading is retried wi
 to `MAX_BACKOFF_S`); appends never wait for any of this. Inserts are idempotent by `event_id`,
 so a segment replayed after a crash double-counts nothing.
 
-Store writes run on one thread of the lowest CPU priority, and the store is opened from it (so a
-store's own worker threads inherit that priority): loading competes with nothing the gateway
-does on the request path, even on a single core.
+Store writes run on one thread of the lowest CPU priority (`meterline.background`), and the
+store is opened from it (so a store's own worker threads inherit that priority): loading
+competes with nothing the gateway does on the request path, even on a single core.
 
 Under `meterline serve --workers N` only worker 0 owns the store. The others run a loader with
 `store=None`: it rotates and fsyncs their spool segments in the shared spool folder and hands
@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,20 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from meterline.background import run_thread_as_background
 from meterline.events.schema import UsageEvent, events_to_arrow
 from meterline.events.spool import SpoolWriter, read_segment
 from meterline.store.base import SegmentFormatError, Store
 
 log = logging.getLogger("meterline.loader")
-
-WRITER_NICE = 19  # the store writer thread yields the CPU to the gateway's event loop
-
-
-def _lower_thread_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux applies `setpriority` per thread)."""
-    if sys.platform == "linux":
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
-
 
 T = TypeVar("T")
 
@@ -80,7 +70,7 @@ class SpoolLoader:
         self._fsync_failing = False
         self._load_lock = threading.Lock()  # one load pass at a time, even if a cancelled one still runs
         self._tasks: list[asyncio.Task[None]] = []
-        self._writer_thread = ThreadPoolExecutor(1, "meterline-store-writer", initializer=_lower_thread_priority)
+        self._writer_thread = ThreadPoolExecutor(1, "meterline-store-writer", initializer=run_thread_as_background)
 
     @property
     def pending_bytes(self) -> int:

@@ -7,8 +7,8 @@ queue (a full queue drops the call from export and counts it; its event is in th
 regardless). A sender thread, waking every 50 ms, takes calls off the queue in batches, reduces each to its events,
 request parameters and (only with `capture_content`) its prompt and answer, encodes the batch
 as JSON and writes it to a pipe. A child process (`run_exporter`) decodes the batches and
-hands every call to `OtlpExporter`. It runs at a lower priority (niceness +10): on a busy
-host it yields the CPU to the processes that serve requests and catches up when they idle.
+hands every call to `OtlpExporter`. It runs as background work (`meterline.background`): on a
+busy host it yields the CPU to the processes that serve requests and catches up when they idle.
 
 On shutdown the sender sends what is queued and an empty batch; the child then flushes the SDK
 and exits. A child whose parent died sees the pipe close and exits the same way. The child
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import queue
 import signal
 import threading
@@ -33,6 +32,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from meterline.background import run_process_as_background
 from meterline.config import OtelExportConfig
 from meterline.events.schema import UsageEvent
 from meterline.gateway.metering import CallContext
@@ -44,8 +44,6 @@ log = logging.getLogger("meterline.otel.pipeline")
 BATCH_CALLS = 512
 SEND_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 60.0
-EXPORTER_NICENESS = 10
-"""Export is background work: on a busy host the exporter process yields the CPU to the request path."""
 _STOP = object()
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -169,7 +167,7 @@ def run_exporter(
     from meterline.otel.export import OtlpExporter
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(EXPORTER_NICENESS)
+    run_process_as_background()
     exporter = OtlpExporter(config, provider_urls, provider_systems=provider_systems)
     with contextlib.suppress(EOFError, OSError):
         while payload := connection.recv_bytes():
