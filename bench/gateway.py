@@ -7,7 +7,11 @@ aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay)
 1. throughput: closed loop, fixed concurrency, for a few seconds, through the gateway (and
    straight to the mock, as the ceiling of the load generator + mock on their core);
 2. added latency: open loop at half the measured gateway throughput (or `--rate`), direct vs
-   through the gateway, p50/p99 of each and the difference;
+   through the gateway, p50/p99 of each and the difference. Each path is run `--rounds` times,
+   alternating, and its percentiles are taken over all its requests: this machine (a VM) stalls
+   now and then for up to ~100 ms, and one stall in a single short run decides that run's p99.
+   The load generator runs with Python's garbage collector off, so its own pauses are not
+   counted as latency of the server it measures;
 3. the gateway's RSS, and events stored (counted in the DuckDB file after a graceful stop) vs
    requests the gateway answered.
 
@@ -22,19 +26,22 @@ carries team, user and agent-run headers, so the runs compare like with like.
 
 `--export off on` repeats the runs with OTLP export on (`otel.export`: a span per request and
 per attempt, sampling ratio 1, GenAI metrics every second) into a local OTLP/HTTP sink on core 1
-that answers every export and counts the spans it received. The gateway's exporter process
-(which builds and encodes the spans) is moved to core 1 too, beside the mock and the load
-generator, so it competes with them rather than with the gateway. CPU time per request of the
-gateway process and of the exporter process is printed: machine load skews it less than req/s.
+that answers every export and counts the spans it received; it stands in for a collector on
+another machine, so it runs as SCHED_IDLE and does not slow the load generator. The gateway's
+exporter process (which builds and encodes the spans, as background work) is moved to core 1
+too, beside the mock and the load generator, so it competes with them rather than with the
+gateway. CPU time per request of the gateway process and of the exporter process is printed:
+machine load skews it less than req/s.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 8] [--latency-ms 0 50] [--budgets none memory redis]
-     [--export off on] [--rate 200]
+Run: .venv/bin/python bench/gateway.py [--seconds 8] [--rounds 3] [--latency-ms 0 50]
+     [--budgets none memory redis] [--export off on] [--rate 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -126,7 +133,8 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, f
     return {"ok": done, "failed": failed, "rps": done / (time.monotonic() - started)}
 
 
-async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
+async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """`rate` req/s to `url` for `seconds`; every request's latency (ms) and how many failed."""
     import aiohttp
 
     latencies: list[float] = []
@@ -145,7 +153,7 @@ async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await paced(lambda: one(session), rate, seconds)
-    return summary(latencies, failed)
+    return {"latencies": latencies, "failed": failed}
 
 
 async def paced(one: Callable[[], Awaitable[None]], rate: float, seconds: float) -> None:
@@ -170,7 +178,12 @@ def summary(latencies: list[float], failed: int) -> dict[str, float]:
     }
 
 
-def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, float]:
+def pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """One summary of the requests of several `open_loop` runs."""
+    return summary([latency for run in runs for latency in run["latencies"]], sum(run["failed"] for run in runs))
+
+
+def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, Any]:
     """Run the load generator in a separate process pinned to core 1; returns its JSON result."""
     command = [sys.executable, __file__, "--load", mode, url, str(value), str(seconds)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
@@ -301,12 +314,13 @@ def launch(latency_ms: float, config: Callable[[int, int, str], str]) -> Rig:
     return Rig(folder, mock, mock_port, gateway, port, redis_prefix)
 
 
-def bench(latency_ms: float, seconds: float, budgets: str, export: bool, fixed_rate: float | None) -> None:
+def bench(latency_ms: float, seconds: float, rounds: int, budgets: str, export: bool, fixed_rate: float | None) -> None:
     sink_port = free_port() if export else None
     sink = None
     if sink_port is not None:
         sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
         os.sched_setaffinity(sink.pid, {1})
+        os.sched_setscheduler(sink.pid, os.SCHED_IDLE, os.sched_param(0))  # a remote collector's stand-in
         wait_healthy(f"http://127.0.0.1:{sink_port}")
     folder, mock, mock_port, gateway, port, redis_prefix = launch(
         latency_ms, lambda port, mock_port, prefix: gateway_config(port, mock_port, budgets, prefix, sink_port)
@@ -329,8 +343,11 @@ def bench(latency_ms: float, seconds: float, budgets: str, export: bool, fixed_r
         served += through["ok"]
         ceiling = run_load("closed", direct_url, concurrency, seconds)
         rate = fixed_rate or through["rps"] / 2
-        direct = run_load("open", direct_url, rate, seconds)
-        via = run_load("open", gateway_url, rate, seconds)
+        direct_runs, via_runs = [], []
+        for _ in range(rounds):  # alternating, so that a hiccup of the machine is as likely to hit either
+            direct_runs.append(run_load("open", direct_url, rate, seconds))
+            via_runs.append(run_load("open", gateway_url, rate, seconds))
+        direct, via = pooled(direct_runs), pooled(via_runs)
         served += via["ok"]
         rss, peak = rss_mb(gateway.pid)
         exporter_cpu_s = sum(cpu_seconds(pid) for pid in exporters) - exporter_start_cpu_s
@@ -393,10 +410,12 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, value, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+        gc.disable()  # a pause of the load generator's own would count as the server's latency
         print_result(closed_loop(url, int(value), seconds) if mode == "closed" else open_loop(url, value, seconds))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=8, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="latency runs of each path, alternating")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 50])
     parser.add_argument("--budgets", nargs="+", choices=["none", "memory", "redis"], default=["none"])
     parser.add_argument("--export", nargs="+", choices=["off", "on"], default=["off"], help="OTLP export")
@@ -405,7 +424,7 @@ def main() -> None:
     for budgets in args.budgets:
         for export in args.export:
             for latency_ms in args.latency_ms:
-                bench(latency_ms, args.seconds, budgets, export == "on", args.rate)
+                bench(latency_ms, args.seconds, args.rounds, budgets, export == "on", args.rate)
 
 
 if __name__ == "__main__":
