@@ -11,7 +11,8 @@ aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay)
    alternating, and its percentiles are taken over all its requests: this machine (a VM) stalls
    now and then for up to ~100 ms, and one stall in a single short run decides that run's p99.
    The load generator runs with Python's garbage collector off, so its own pauses are not
-   counted as latency of the server it measures;
+   counted as latency of the server it measures, and it prints how many requests it sent over
+   5 ms late (after a stall it catches up with a burst, which the server must queue);
 3. the gateway's RSS, and events stored (counted in the DuckDB file after a graceful stop) vs
    requests the gateway answered.
 
@@ -152,20 +153,28 @@ async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await paced(lambda: one(session), rate, seconds)
-    return {"latencies": latencies, "failed": failed}
+        late_ms = await paced(lambda: one(session), rate, seconds)
+    return {"latencies": latencies, "failed": failed, "late_ms": late_ms}
 
 
-async def paced(one: Callable[[], Awaitable[None]], rate: float, seconds: float) -> None:
-    """Start `one()` `rate` times a second for `seconds` (an open loop), and wait for them all."""
+async def paced(one: Callable[[], Awaitable[None]], rate: float, seconds: float) -> list[float]:
+    """Start `one()` `rate` times a second for `seconds` (an open loop), and wait for them all.
+
+    Returns how late (ms) each start was that missed its time: a stalled load generator catches
+    up with a burst, which the server then queues.
+    """
     tasks = []
+    late_ms = []
     began = time.perf_counter()
     for index in range(int(rate * seconds)):
         delay = began + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        else:
+            late_ms.append(-delay * 1000)
         tasks.append(asyncio.ensure_future(one()))
     await asyncio.gather(*tasks)
+    return late_ms
 
 
 def summary(latencies: list[float], failed: int) -> dict[str, float]:
@@ -179,8 +188,13 @@ def summary(latencies: list[float], failed: int) -> dict[str, float]:
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """One summary of the requests of several `open_loop` runs."""
-    return summary([latency for run in runs for latency in run["latencies"]], sum(run["failed"] for run in runs))
+    """One summary of the requests of several `open_loop` runs, with how many were sent over 5 ms late."""
+    late_ms = [late for run in runs for late in run["late_ms"]]
+    return {
+        **summary([latency for run in runs for latency in run["latencies"]], sum(run["failed"] for run in runs)),
+        "sent_late": sum(late > 5 for late in late_ms),
+        "max_late": max(late_ms, default=0.0),
+    }
 
 
 def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, Any]:
@@ -378,6 +392,10 @@ def bench(latency_ms: float, seconds: float, rounds: int, budgets: str, export: 
     print(f"latency at {rate:.0f} req/s:  direct p50 {direct['p50']:.2f} ms p99 {direct['p99']:.2f} ms")
     print(f"                        gateway p50 {via['p50']:.2f} ms p99 {via['p99']:.2f} ms")
     print(f"added latency:          p50 {via['p50'] - direct['p50']:.2f} ms, p99 {via['p99'] - direct['p99']:.2f} ms")
+    print(
+        f"load generator stalls:  {direct['sent_late']:.0f} direct and {via['sent_late']:.0f} gateway requests sent "
+        f">5 ms late (worst {direct['max_late']:.1f} / {via['max_late']:.1f} ms)"
+    )
     print(f"gateway RSS:            {rss:.0f} MB now, {peak:.0f} MB peak")
     print(f"gateway process CPU:    {gateway_cpu_s * 1e6 / max(measured, 1):.0f} us per request (all its threads)")
     print(f"events stored / served: {stored} / {served}  ({'equal' if stored == served else 'MISMATCH'})")
