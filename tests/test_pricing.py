@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from meterline.pricing.variants import BATCH, pricing_variant, tier_variant
 
 PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "deepseek": "deepseek", "local": None}
 SEPT = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
+SNAPSHOT = version("genai-prices")  # the installed release's price data: it names the table's version
 NOV = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)  # after genai-prices' tier (12 Oct) and batch (14 Oct) prices start
 
 
@@ -50,7 +52,7 @@ def test_gpt_4o_mini_dated_name_prices_cached_input_at_half(table: PriceTable) -
     )
     assert priced is not None
     assert priced.cost_usd == pytest.approx((6_000 * 0.15 + 4_000 * 0.075 + 2_000 * 0.6) / 1e6)
-    assert priced.price_version == "genai-prices-0.2.3+no-overrides"
+    assert priced.price_version == f"genai-prices-{SNAPSHOT}+no-overrides"
 
 
 def test_claude_sonnet_4_5_prices_reads_and_both_cache_write_ttls(table: PriceTable) -> None:
@@ -172,10 +174,8 @@ models:
     assert cost(table, "local", "qwen-32b", input_tokens=1_000_000, output_tokens=100_000) == pytest.approx(0.225)
     # $3 / 3M tokens = $1 per million, input and output alike
     assert cost(table, "local", "llama-3.1-70b", input_tokens=500_000, output_tokens=500_000) == pytest.approx(1.0)
-    assert (
-        table.version
-        == f"genai-prices-0.2.3+overrides-{hashlib.sha256((tmp_path / 'prices.yaml').read_bytes()).hexdigest()[:8]}"
-    )
+    digest = hashlib.sha256((tmp_path / "prices.yaml").read_bytes()).hexdigest()[:8]
+    assert table.version == f"genai-prices-{SNAPSHOT}+overrides-{digest}"
 
 
 def test_a_later_dated_entry_corrects_a_price_from_its_date_and_exact_beats_glob(tmp_path: Path) -> None:
