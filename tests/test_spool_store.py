@@ -69,8 +69,12 @@ def sparse_event(index: int) -> UsageEvent:
     return event
 
 
+def store_config(tmp_path: Path) -> StoreConfig:
+    return StoreConfig(path=tmp_path / "data" / "meterline.duckdb", spool_dir=tmp_path / "spool")
+
+
 def open_store(tmp_path: Path) -> DuckDBStore:
-    store = DuckDBStore(StoreConfig(path=tmp_path / "data" / "meterline.duckdb", spool_dir=tmp_path / "spool"))
+    store = DuckDBStore(store_config(tmp_path))
     store.open()
     return store
 
@@ -458,7 +462,7 @@ def test_store_writes_run_as_background_work(tmp_path: Path) -> None:
             policies.append(os.sched_getscheduler(0))
             return super().load_segments(paths)
 
-    recording = RecordingStore(StoreConfig(path=tmp_path / "data" / "meterline.duckdb", spool_dir=tmp_path / "spool"))
+    recording = RecordingStore(store_config(tmp_path))
 
     async def run() -> None:
         loader = make_loader(writer, recording)

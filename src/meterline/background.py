@@ -22,7 +22,7 @@ _THREADS = Path("/proc/self/task")
 def run_thread_as_background() -> None:
     """Give the calling thread the lowest CPU priority there is (Linux only)."""
     if hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        _make_idle(0)  # 0: the calling thread
 
 
 def run_process_as_background() -> None:
@@ -32,4 +32,8 @@ def run_process_as_background() -> None:
         return
     for thread in _THREADS.iterdir():
         with contextlib.suppress(ProcessLookupError):  # the thread has ended since
-            os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
+            _make_idle(int(thread.name))
+
+
+def _make_idle(thread_id: int) -> None:
+    os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
