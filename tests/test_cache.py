@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.conftest import MASTER_KEY, TEST_REDIS_URL, GatewayService
+from tests.test_budgets import fresh_minute
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, column, settled, watch
 
 CACHE = """
@@ -353,6 +354,33 @@ budgets:
     assert [r.headers["x-meterline-cache"] for r in downgraded] == ["miss", "miss"]
     (event,) = limited.events(request_id=downgraded[1].headers["x-meterline-request-id"])
     assert (event["requested_model"], event["served_model"]) == ("gpt-4o", "gpt-4o-mini")
+
+
+def test_hits_count_towards_rate_limits_and_agent_guardrails(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    limited = make_gateway(
+        extra=cache_section()
+        + """
+budgets:
+  quotas: {user_rpm: 3}
+  agents: {max_steps: 3, loop_threshold: 100}
+"""
+    )
+    fresh_minute()
+    body = chat_body("exact cache: rate limited")
+    replies = [post(limited, body, x_meterline_user="cached-user") for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429]
+    assert [r.headers.get("x-meterline-cache") for r in replies] == ["miss", "hit_exact", "hit_exact", None]
+    refused = event_of(limited, replies[3].headers["x-meterline-request-id"])
+    assert (refused["error_class"], refused["cache_status"]) == ("budget_blocked", "none")
+
+    # an agent run's steps answered from the cache are steps, and repeats of one prompt a loop
+    steps = [post(limited, chat_body("exact cache: next step"), x_meterline_agent_run="cached-run") for _ in range(4)]
+    assert [r.status_code for r in steps] == [200, 200, 200, 400]
+    assert "agent run 'cached-run' has made 3 calls" in steps[3].json()["error"]["message"]
+    looping = make_gateway(extra=cache_section() + "budgets:\n  agents: {loop_threshold: 3}\n")
+    repeats = [post(looping, chat_body("exact cache: again"), x_meterline_agent_run="loop-run") for _ in range(3)]
+    assert [r.status_code for r in repeats] == [200, 200, 400]
+    assert "sent the same model the same prompt 3 times" in repeats[2].json()["error"]["message"]
 
 
 def test_a_redis_cache_is_shared_by_two_gateway_processes(make_gateway, new_redis_prefix, mock_requests) -> None:  # type: ignore[no-untyped-def]

@@ -256,8 +256,12 @@ class SpendGuard:
 
     # ---- admit and settle ---------------------------------------------------------------------
 
-    async def admit(self, call: Call) -> Admission | None:
-        """Reserve the call's estimate on every counter that applies; None when nothing applies."""
+    async def admit(self, call: Call, *, spends: bool = True) -> Admission | None:
+        """Reserve the call's estimate on every counter that applies; None when nothing applies.
+
+        A call that `spends` nothing (a cache hit) meets no budget; it still counts as a request
+        towards rate limits and as a step of its agent run (loop detection included).
+        """
         if self.budget_store.changed():
             await self.refresh()
         identity = call.identity
@@ -268,11 +272,11 @@ class SpendGuard:
         model = call.requested_model
         downgraded: set[str] = set()
         while True:
-            charges, lines = self._charges(call, model, downgraded, prompt, now)
+            charges, lines = self._charges(call, model, downgraded, prompt, now, spends)
             if not lines:
                 return None
             usd, tokens = 0.0, 0
-            if any(line.limit_usd is not None or line.limit_tokens is not None for line in lines):
+            if spends and any(line.limit_usd is not None or line.limit_tokens is not None for line in lines):
                 usd, tokens = self._estimate(call, model, prompt.tokens(), now)
             try:
                 refused = await self.counters.reserve(lines, usd, tokens, now)
@@ -296,13 +300,13 @@ class SpendGuard:
         )
 
     def _charges(
-        self, call: Call, model: str, downgraded: set[str], prompt: _Prompt, now: float
+        self, call: Call, model: str, downgraded: set[str], prompt: _Prompt, now: float, spends: bool
     ) -> tuple[list[_Charge], list[Line]]:
         """The counters this call touches (budgets, rate limits, its agent run) and why, in the same order."""
         minute = int(now // MINUTE_S * MINUTE_S)
         charges: list[_Charge] = []
         lines: list[Line] = []
-        if self._index.budgets:
+        if self._index.budgets and spends:
             charges, lines = self._budget_charges(call, model, downgraded, minute, now)
         for quota in (user_quota(self.prefix, self.settings.quotas, call.user), key_quota(self.prefix, call.identity)):
             if quota is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,32 +366,48 @@ class Gateway:
     async def serve(
         self, request: web.Request, call: CallContext, raw: bytes, most_retries: int | None
     ) -> web.StreamResponse:
-        """Answer from the cache, else admit the call against budgets, call upstream, and cache its answer."""
+        """Answer from the cache, else call upstream and cache its answer; either within the call's admission.
+
+        A hit spends nothing, so no budget applies to it; it still counts towards rate limits and as
+        a step of its agent run, so a client or an agent loop cannot go past those through the cache.
+        """
+
+        def upstream(model: str) -> Awaitable[web.StreamResponse]:
+            return self.call_upstream(request, call, model, raw, most_retries)
+
         plan = call.cache_plan
         if plan is None:
-            return await self.admit_and_call(request, call, raw, most_retries)
-        assert self.cache is not None
-        answer = await self.cache.lookup(request, call, plan, self.serve)
+            return await self.admitted(call, upstream)
+        cache = self.cache
+        assert cache is not None
+        answer = await cache.lookup(request, call, plan, self.serve)
         if answer is not None:
-            return await self.cache.replay(request, call, plan, answer)
-        response = await self.admit_and_call(request, call, raw, most_retries)
-        await self.cache.keep(call, plan, response)
+            return await self.admitted(call, lambda _model: cache.replay(request, call, plan, answer), spends=False)
+        response = await self.admitted(call, upstream)
+        if call.cache_plan is not None:
+            await cache.keep(call, plan, response)
         return response
 
-    async def admit_and_call(
-        self, request: web.Request, call: CallContext, raw: bytes, most_retries: int | None
+    async def admitted(
+        self,
+        call: CallContext,
+        respond: Callable[[str], Awaitable[web.StreamResponse]],
+        *,
+        spends: bool = True,
     ) -> web.StreamResponse:
+        """`respond(model)` once the guard admits the call (with the model it is served by), then settle.
+
+        A refused call is answered by neither the cache nor the provider: its event records no cache use.
+        """
         try:
-            admission = await self.guard.admit(call)
+            admission = await self.guard.admit(call, spends=spends)
         except Refused as exc:
+            call.cache_plan = None
             return self.failed(call, exc.error, "budget_blocked", retry_after_s(exc.error.headers)).response
-        model = call.requested_model
-        if admission is not None and admission.served_model is not None:
-            model = admission.served_model
         if admission is None:
-            return await self.call_upstream(request, call, model, raw, most_retries)
+            return await respond(call.requested_model)
         try:
-            return await self.call_upstream(request, call, model, raw, most_retries)
+            return await respond(admission.served_model or call.requested_model)
         finally:
             self.guard.settle(admission, call.events)
 
