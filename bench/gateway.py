@@ -16,6 +16,10 @@ aiohttp client) share core 1. For each upstream latency (0 ms and a fixed delay)
 3. the gateway's RSS, and events stored (counted in the DuckDB file after a graceful stop) vs
    requests the gateway answered.
 
+With budgets and export off, a bare aiohttp pass-through (no metering, no checks) is measured
+the same way, on the same cores: the floor of this stack on this machine, to tell the machine's
+noise from meterline's own cost.
+
 If LiteLLM's proxy is installed (`pip install 'litellm[proxy]'`) the same throughput run is
 made against it and the ratio printed.
 
@@ -56,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -201,6 +205,22 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def alternating(
+    direct_url: str, url: str, rate: float, seconds: float, rounds: int, server_pid: int
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Open-loop runs straight to the mock and through the server at `url`, alternating (so that a
+    hiccup of the machine is as likely to hit either); both pooled, and the CPU seconds the
+    server used during its runs."""
+    direct_runs, via_runs = [], []
+    server_cpu_s = 0.0
+    for _ in range(rounds):
+        direct_runs.append(run_load("open", direct_url, rate, seconds))
+        before_s = cpu_seconds(server_pid)
+        via_runs.append(run_load("open", url, rate, seconds))
+        server_cpu_s += cpu_seconds(server_pid) - before_s
+    return pooled(direct_runs), pooled(via_runs), server_cpu_s
+
+
 def run_load(mode: str, url: str, value: float, seconds: float) -> dict[str, Any]:
     """Run the load generator in a separate process pinned to core 1; returns its JSON result."""
     command = [sys.executable, __file__, "--load", mode, url, str(value), str(seconds)]
@@ -285,6 +305,58 @@ def stored_events(db_path: Path) -> int:
         return connection.execute("select count(*) from events").fetchone()[0]  # type: ignore[index]
 
 
+def run_passthrough(port: int, upstream_url: str) -> None:
+    """A bare aiohttp pass-through (no metering, no checks): what this stack costs on this machine."""
+    import aiohttp
+    from aiohttp import web
+
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def forward(request: web.Request) -> web.Response:
+        headers = {"content-type": "application/json", "authorization": request.headers.get("authorization", "")}
+        async with request.app[session_key].post(upstream_url, data=await request.read(), headers=headers) as upstream:
+            return web.Response(status=upstream.status, body=await upstream.read(), content_type="application/json")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+            app[session_key] = client
+            yield
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.add_routes([web.post("/v1/chat/completions", forward), web.get("/health", health)])
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
+
+
+def passthrough_latency(
+    mock_port: int, concurrency: int, seconds: float, rounds: int
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """The bare pass-through on core 0 measured like the gateway: (req/s, the latency test's rate, direct, via)."""
+    port = free_port()
+    direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+    process = subprocess.Popen([sys.executable, __file__, "--passthrough", str(port), direct_url])
+    os.sched_setaffinity(process.pid, {0})
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        run_load("closed", url, 16, 2)
+        rps = run_load("closed", url, concurrency, seconds)["rps"]
+        direct, via, _ = alternating(direct_url, url, rps / 2, seconds, rounds, process.pid)
+        return rps, rps / 2, direct, via
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def litellm_throughput(mock_port: int, concurrency: int, seconds: float, folder: Path) -> float | None:
     litellm = shutil.which("litellm")
     if litellm is None:
@@ -362,14 +434,7 @@ def bench(latency_ms: float, seconds: float, rounds: int, budgets: str, export: 
         full_load_cpu_s = cpu_seconds(gateway.pid) - gateway_start_cpu_s
         ceiling = run_load("closed", direct_url, concurrency, seconds)
         rate = fixed_rate or through["rps"] / 2
-        direct_runs, via_runs = [], []
-        latency_test_cpu_s = 0.0
-        for _ in range(rounds):  # alternating, so that a hiccup of the machine is as likely to hit either
-            direct_runs.append(run_load("open", direct_url, rate, seconds))
-            before_s = cpu_seconds(gateway.pid)
-            via_runs.append(run_load("open", gateway_url, rate, seconds))
-            latency_test_cpu_s += cpu_seconds(gateway.pid) - before_s
-        direct, via = pooled(direct_runs), pooled(via_runs)
+        direct, via, latency_test_cpu_s = alternating(direct_url, gateway_url, rate, seconds, rounds, gateway.pid)
         served += via["ok"]
         rss, peak = rss_mb(gateway.pid)
         exporter_cpu_s = sum(cpu_seconds(pid) for pid in exporters) - exporter_start_cpu_s
@@ -387,6 +452,7 @@ def bench(latency_ms: float, seconds: float, rounds: int, budgets: str, export: 
         delete_redis_keys(redis_prefix)
     compare = budgets == "none" and not export
     litellm_rps = litellm_throughput(mock_port, concurrency, seconds, folder) if compare else None
+    floor = passthrough_latency(mock_port, concurrency, seconds, rounds) if compare else None
     mock.terminate()
     mock.wait()
 
@@ -413,6 +479,13 @@ def bench(latency_ms: float, seconds: float, rounds: int, budgets: str, export: 
     if exported is not None:
         print(f"spans exported / 2 per request: {exported} / {2 * served}")
         print(f"exporter process CPU:   {exporter_cpu_s * 1e6 / max(measured, 1):.0f} us per request (on core 1)")
+    if floor is not None:
+        floor_rps, floor_rate, floor_direct, floor_via = floor
+        print(
+            f"bare aiohttp proxy:     {floor_rps:8.0f} req/s; at {floor_rate:.0f} req/s added "
+            f"p50 {floor_via['p50'] - floor_direct['p50']:.2f} ms, p99 {floor_via['p99'] - floor_direct['p99']:.2f} ms "
+            "(no metering: the floor of this stack on this machine)"
+        )
     if compare and litellm_rps is None:
         print("litellm:                not installed (pip install 'litellm[proxy]' to compare)")
     elif litellm_rps is not None:
@@ -436,6 +509,9 @@ def print_result(runner: Coroutine[Any, Any, dict[str, float]]) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--sink":
         run_sink(int(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--passthrough":
+        run_passthrough(int(sys.argv[2]), sys.argv[3])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         mode, url, value, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
