@@ -5,6 +5,7 @@ A bad file fails fast with `ConfigError`, whose message names the field and says
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -607,7 +608,12 @@ class Config(_Section):
         return self
 
     def model(self, name: str) -> ModelConfig | None:
-        return next((model for model in self.models if model.name == name), None)
+        return self._models_by_name.get(name)
+
+    @functools.cached_property
+    def _models_by_name(self) -> dict[str, ModelConfig]:
+        """The models by name, looked up on every call (a config is not changed once loaded)."""
+        return {model.name: model for model in self.models}
 
     def budget_problem(self, budget: BudgetConfig) -> str | None:
         """Why `budget` does not fit this config (it names a model that is not configured), or None."""
