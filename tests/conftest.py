@@ -140,11 +140,18 @@ class GatewayService(Service):
 
 
 def gateway_config(
-    mock_url: str, port: int, extra_providers: str = "", extra_models: str = "", pricing: str = "", extra: str = ""
+    mock_url: str,
+    port: int,
+    extra_providers: str = "",
+    extra_models: str = "",
+    pricing: str = "",
+    extra: str = "",
+    extra_server: str = "",
 ) -> str:
-    """The test gateway's config; `extra` adds top-level sections (budgets, alerts)."""
+    """The test gateway's config; `extra` adds top-level sections (budgets, alerts), `extra_server`
+    settings of the server section (", name: value, ...")."""
     return f"""
-server: {{host: 127.0.0.1, port: {port}, master_key: ${{TEST_MASTER_KEY}}, max_body_mb: 1}}
+server: {{host: 127.0.0.1, port: {port}, master_key: ${{TEST_MASTER_KEY}}, max_body_mb: 1{extra_server}}}
 store: {{kind: duckdb, path: ./data/meterline.duckdb, spool_dir: ./data/spool, flush_interval_ms: 50}}
 {pricing}
 providers:

@@ -476,6 +476,28 @@ def test_prometheus_metrics_match_the_events(make_gateway) -> None:  # type: ign
     assert total(samples, "meterline_store_loaded_events_total") >= 5
 
 
+def test_a_metrics_token_guards_the_scrape(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = make_gateway(extra_server=", metrics_token: scrape-only-secret")
+    url = gateway.url + "/metrics"
+    for headers in ({}, {"authorization": "Bearer wrong-secret"}, {"x-api-key": "scrape-only-secret-and-more"}):
+        refused = httpx.get(url, headers=headers)
+        assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
+        assert "meterline_" not in refused.text
+    for token in ("scrape-only-secret", MASTER_KEY):
+        scraped = httpx.get(url, headers={"authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200
+        assert any(
+            family.name == "meterline_spool_pending_bytes" for family in text_string_to_metric_families(scraped.text)
+        )
+    # the scrape secret is not an API key: it neither calls models nor reads data
+    as_key = {"authorization": "Bearer scrape-only-secret"}
+    assert httpx.get(gateway.url + "/api/v1/spend", headers=as_key).status_code == 401
+    call = httpx.post(
+        gateway.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=as_key
+    )
+    assert call.status_code == 401
+
+
 class OtlpSink:
     """A local OTLP/HTTP receiver that keeps what it is sent (the collector stand-in)."""
 

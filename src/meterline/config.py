@@ -35,6 +35,18 @@ class ServerConfig(_Section):
     port: int = Field(4000, ge=1, le=65535)
     master_key: str | None = Field(None, min_length=8)
     max_body_mb: float = Field(20, gt=0)
+    metrics_token: str | None = Field(
+        None,
+        min_length=8,
+        description="when set, GET /metrics needs 'Authorization: Bearer <metrics_token>' (or the master key); "
+        "a scrape-only secret, so Prometheus need not hold the master key",
+    )
+
+    def metrics_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens `GET /metrics` accepts; none when it is open to every caller."""
+        if self.metrics_token is None:
+            return ()
+        return tuple(token for token in (self.metrics_token, self.master_key) if token)
 
 
 class StoreConfig(_Section):

@@ -173,7 +173,8 @@ def build_app(config: Config, role: WorkerRole | None = None, clock: Clock | Non
         app.add_routes(AlertsApi(notices.alerts, detector, web_auth, utc_now).routes())
         if alerts.evaluate:
             alert_loop = AlertLoop(detector, notices, alerts.interval_s)
-        app.add_routes([metrics.route(), web.post("/v1/traces", ingest_off) if receiver is None else receiver.route()])
+        traces = web.post("/v1/traces", ingest_off) if receiver is None else receiver.route()
+        app.add_routes([metrics.route(config.server.metrics_tokens()), traces])
         metrics.watch_loader(loader)
         if exporter is not None:
             metrics.watch(exporter.gauges)

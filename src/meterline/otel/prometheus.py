@@ -13,6 +13,7 @@ which loads the whole spool.
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from meterline.events.loader import SpoolLoader
+from meterline.gateway.auth import api_key_from_headers
 from meterline.gateway.metering import CallContext
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -175,12 +177,18 @@ class GatewayMetrics:
         """Add gauges read at scrape time (e.g. the OTLP export queue)."""
         self._gauges.append(collect)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+    def route(self, tokens: tuple[str, ...] = ()) -> web.RouteDef:
+        """`GET /metrics`; when `tokens` are given, only for a request that bears one of them."""
 
-    def route(self) -> web.RouteDef:
-        return web.get("/metrics", self.handle)
+        async def handle(request: web.Request) -> web.Response:
+            presented = api_key_from_headers(request.headers) or ""
+            if tokens and not any(hmac.compare_digest(presented.encode(), token.encode()) for token in tokens):
+                message = "GET /metrics needs 'Authorization: Bearer <server.metrics_token>'\n"
+                return web.Response(status=401, text=message, headers={"www-authenticate": "Bearer"})
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+        return web.get("/metrics", handle)
 
 
 @dataclass(frozen=True)
