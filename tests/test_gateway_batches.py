@@ -110,6 +110,40 @@ def test_each_result_becomes_one_event_attributed_and_priced_at_batch_rates(make
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
 
 
+def test_batch_results_are_charged_to_budgets_and_a_spent_budget_refuses_new_batches(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = make_gateway(
+        extra="""
+batches: {poll_interval_s: 3600}
+budgets:
+  budgets: [{name: nightly, scope: "team:nightly", period: month, limit_usd: 0.000001, actions: [block]}]
+"""
+    )
+    client = gateway.openai()
+    team = {"x-meterline-team": "nightly"}
+    prompts = ["Summarise document one", "Summarise the second document please"]
+    batch = finished(client, start_batch(client, "gpt-4o-mini", prompts, **team).id)
+    assert batch.status == "completed"
+    events = gateway.events(expected=2, batch_id=batch.id)
+    cost = sum(event["cost_usd"] for event in events)
+    assert cost > 0.000001
+    budgets = httpx.get(gateway.url + "/api/v1/budgets", headers=gateway.headers()).json()["data"]
+    (nightly,) = [row for row in budgets if row["name"] == "nightly"]
+    assert nightly["spent_usd"] == pytest.approx(cost, rel=1e-9)
+
+    # the results overspent the team's hard cap: its next call and its next batch are refused
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one more"}]}
+    refused = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.headers(**team))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (402, "budget_exceeded")
+    with pytest.raises(openai.APIStatusError) as second:
+        start_batch(client, "gpt-4o-mini", prompts, **team)
+    assert second.value.status_code == 402
+    assert "budget 'nightly'" in second.value.message
+    blocked = [
+        event for event in gateway.events(expected=4, team="nightly") if event["error_class"] == "budget_blocked"
+    ]
+    assert [event["status_code"] for event in blocked] == [402, 402]
+
+
 def test_a_finished_batch_is_metered_once_by_the_poller_across_repeats_and_restarts(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gateway = make_gateway(extra="batches: {poll_interval_s: 0.1}")
     client = gateway.openai()

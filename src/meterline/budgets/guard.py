@@ -11,7 +11,10 @@ to a cheaper one: the cheaper model is estimated and tried instead) or refused w
 (a run's limits do not reset with time, so a retry cannot succeed and SDKs should not retry).
 Because every call reserves before it goes upstream, concurrent calls can pass a budget only by
 what their estimates fall short of their real cost. `settle(admission, events)` then replaces
-the reservation with the cost and tokens of the attempts recorded.
+the reservation with the cost and tokens of the attempts recorded. Spend made off the request
+path, a finished batch's results, is added with `charge(events)` when it is metered; a batch's
+creation is refused while a `throttle` or `block` budget it falls under is spent
+(`refuse_if_spent`).
 
 A budget with `alert` notifies when its spend crosses each threshold and when it first refuses a
 call, once per period; an agent guardrail notifies once per run and setting. With nothing that
@@ -25,7 +28,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -33,7 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from meterline.alerts.notices import NoticeBoard
 from meterline.alerts.notifiers import Notice
 from meterline.budgets.agents import Guardrails, recent_runs
-from meterline.budgets.counters import Counters, CountersUnavailable, Exceeded, Line, Totals
+from meterline.budgets.counters import Counters, CountersUnavailable, Exceeded, Line, Totals, passed_limit
 from meterline.budgets.quotas import MINUTE_S, KeyLimits, Quota, key_quota, user_quota
 from meterline.budgets.rules import (
     BudgetIndex,
@@ -100,6 +103,14 @@ class Call(Protocol):
 
     @property
     def user(self) -> str | None: ...
+
+
+Spender = tuple[str | None, str | None, str | None, str | None, str | None]
+"""Whose spend it is: (key id, team, app, user, feature)."""
+
+
+def spender_of(call: Call) -> Spender:
+    return (call.identity.key_id, call.team, call.app, call.user, call.attribution.feature)
 
 
 class Refused(Exception):
@@ -299,15 +310,63 @@ class SpendGuard:
             admission.lines, admission.reserved, (usd, tokens), lambda totals: self._settled(admission, totals)
         )
 
+    async def refuse_if_spent(self, spender: Spender, operation: str, model: str) -> None:
+        """Raise `Refused` when a `throttle` or `block` budget of this spender and model is already
+        spent; for work whose cost is known only later (a batch), so nothing is reserved."""
+        if not await self._any_budget():
+            return
+        now = time.time()
+        no_downgrades = {budget.name for budget, _ in self._sourced}  # a batch runs the model its file names
+        charges, lines = self._budget_charges(spender, operation, model, no_downgrades, _minute(now), now)
+        try:
+            found = await self.counters.totals([line.key for line in lines])
+        except CountersUnavailable as exc:
+            self._unavailable(exc)
+            return
+        for charge, line, totals in zip(charges, lines, found, strict=True):
+            limit = passed_limit(line, totals, 0.0, 0, now) if totals is not None else None
+            if limit is not None and isinstance(charge, _BudgetCharge):
+                budget = _tightest(charge.enforced, limit)
+                raise self._budget_refusal(budget, charge, totals, limit, (0.0, 0), now)
+
+    async def charge(self, events: Sequence[UsageEvent]) -> None:
+        """Add what calls made off the request path cost (a finished batch's results) to their budgets.
+
+        Nothing is refused, since the money is spent: each event is counted on its budgets' counters
+        as a request with its cost and tokens, and a threshold it crosses alerts as for any call.
+        """
+        if not await self._any_budget():
+            return
+        now = time.time()
+        for event in events:
+            spender = (event.key_id, event.team, event.app, event.user, event.feature)
+            charges, lines = self._budget_charges(
+                spender, event.operation, event.requested_model, set(), _minute(now), now
+            )
+            if not lines:
+                continue
+            try:  # a request on each counter, limits aside, so that settling adds what it spent
+                await self.counters.reserve([Line(line.key, line.ttl_s) for line in lines], 0.0, 0, now)
+            except CountersUnavailable as exc:
+                self._unavailable(exc)
+                return
+            self.settle(Admission(lines, charges, (0.0, 0), None), [event])
+
+    async def _any_budget(self) -> bool:
+        """Whether any budget is configured, after reloading them if the control database changed."""
+        if self.budget_store.changed():
+            await self.refresh()
+        return bool(self._index.budgets)
+
     def _charges(
         self, call: Call, model: str, downgraded: set[str], prompt: _Prompt, now: float, spends: bool
     ) -> tuple[list[_Charge], list[Line]]:
         """The counters this call touches (budgets, rate limits, its agent run) and why, in the same order."""
-        minute = int(now // MINUTE_S * MINUTE_S)
+        minute = _minute(now)
         charges: list[_Charge] = []
         lines: list[Line] = []
         if self._index.budgets and spends:
-            charges, lines = self._budget_charges(call, model, downgraded, minute, now)
+            charges, lines = self._budget_charges(spender_of(call), call.operation, model, downgraded, minute, now)
         for quota in (user_quota(self.prefix, self.settings.quotas, call.user), key_quota(self.prefix, call.identity)):
             if quota is not None:
                 lines.append(quota.line(minute))
@@ -323,18 +382,17 @@ class SpendGuard:
         return charges, lines
 
     def _budget_charges(
-        self, call: Call, model: str, downgraded: set[str], minute: int, now: float
+        self, spender: Spender, operation: str, model: str, downgraded: set[str], minute: int, now: float
     ) -> tuple[list[_Charge], list[Line]]:
         """The budgets' counters of a call. Periods start on whole minutes, so the answer for the same
         attribution, model and endpoint holds for the rest of the minute and is remembered until then."""
-        attribution = (call.identity.key_id, call.team, call.app, call.user, call.attribution.feature)
-        remembered = (*attribution, model, call.operation) if not downgraded else None
+        remembered = (*spender, model, operation) if not downgraded else None
         if minute != self._remembered_minute:
             self._remembered_minute, self._remembered = minute, {}
         if remembered in self._remembered:
             charges, lines = self._remembered[remembered]
             return list(charges), list(lines)
-        values = dict(zip(("key", "team", "app", "user", "feature", "model"), (*attribution, model), strict=True))
+        values = dict(zip(("key", "team", "app", "user", "feature", "model"), (*spender, model), strict=True))
         by_key: dict[str, _BudgetCharge] = {}
         for budget in self._index.applicable(values):
             start, end = self.clock.bounds(budget.period, now)
@@ -346,7 +404,7 @@ class SpendGuard:
             if (
                 "throttle" in budget.actions
                 or "block" in budget.actions
-                or self._downgrades(budget, call, model, downgraded)
+                or self._downgrades(budget, operation, model, downgraded)
             ):
                 charge.enforced.append(budget)
         charges: list[_Charge] = []
@@ -360,12 +418,12 @@ class SpendGuard:
             self._remembered[remembered] = (charges, lines)
         return list(charges), list(lines)
 
-    def _downgrades(self, budget: BudgetConfig, call: Call, model: str, downgraded: set[str]) -> bool:
+    def _downgrades(self, budget: BudgetConfig, operation: str, model: str, downgraded: set[str]) -> bool:
         """Whether over this budget the call would be served by a cheaper model instead."""
         target = budget.downgrade.get(model)
         if target is None or budget.name in downgraded:
             return False
-        return call.operation in self.providers[self._models[target].provider].operations
+        return operation in self.providers[self._models[target].provider].operations
 
     def _estimate(self, call: Call, model: str, input_tokens: int, now: float) -> tuple[float, int]:
         """(USD, tokens) a call to `model` may cost: its input, and max_tokens (or the default) of output."""
@@ -405,7 +463,7 @@ class SpendGuard:
             self._run_notice(charge.run_id, setting, f"{message}; the step was refused")
             raise Refused(ApiError(400, f"{message}; start a new run or raise the limit", "agent_limit_exceeded"))
         budget = _tightest(charge.enforced, exceeded.limit)
-        if self._downgrades(budget, call, model, downgraded):
+        if self._downgrades(budget, call.operation, model, downgraded):
             downgraded.add(budget.name)
             return budget.downgrade[model]
         raise self._budget_refusal(budget, charge, exceeded.totals, exceeded.limit, (usd, tokens), now)
@@ -549,6 +607,11 @@ class SpendGuard:
             )
             for (budget, source), totals in zip(self._sourced, found, strict=True)
         ]
+
+
+def _minute(now: float) -> int:
+    """The start of the minute `now` is in (epoch seconds)."""
+    return int(now // MINUTE_S * MINUTE_S)
 
 
 def _tightest(budgets: list[BudgetConfig], limit: str) -> BudgetConfig:

@@ -10,7 +10,8 @@ Routes (OpenAI's shapes, authenticated with meterline keys, forwarded with the p
 - `GET /v1/files/{id}`, `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}` for the input
   files a key uploaded and the result files of its batches; `GET /v1/files` lists those.
 - `POST /v1/batches` over an input file the key uploaded, attributed like any call (headers
-  and the key's defaults; the attribution is remembered for the batch's results);
+  and the key's defaults; the attribution is remembered for the batch's results); refused
+  (402 or 429, as a call would be) while a `throttle` or `block` budget it falls under is spent;
   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, and `GET /v1/batches` (the key's).
 
 Another key's files and batches answer 404, as unknown ones do; the master key sees all.
@@ -20,8 +21,8 @@ the store, every `batches.poll_interval_s`) finds it so — its output and error
 downloaded in the background and each result becomes a usage event (`batch_events`), appended
 to the spool, once: the registry's lease keeps two workers from metering the same batch at
 once, and deterministic event ids let the store drop what a crash made it meter twice.
-Batch events are not counted against budgets as they arrive (their spend is seen by budgets
-seeded from the store) and are not exported as spans.
+Their cost and tokens are then added to the budgets they fall under (`SpendGuard.charge`), so the
+next call of an overspent team is refused. Batch events are not exported as spans.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from meterline.budgets.guard import Refused, spender_of
 from meterline.config import BatchesConfig
 from meterline.gateway.attribution import Attribution
 from meterline.gateway.auth import Identity
@@ -43,6 +45,7 @@ from meterline.gateway.batch_events import ENDPOINT_OPERATIONS, result_events
 from meterline.gateway.batch_registry import TERMINAL_STATUSES, BatchFile, BatchRecord, BatchRegistry
 from meterline.gateway.metering import CallContext
 from meterline.gateway.proxy import OPENAI, ClientError, Gateway, forward_headers, returned_headers
+from meterline.gateway.retries import retry_after_s
 from meterline.providers.base import ApiError, ProviderFamily, RequestInvalid
 
 log = logging.getLogger("meterline.batches")
@@ -188,7 +191,15 @@ class BatchGateway:
             body=body,
             identity=identity,
             attribution=self.gateway.attribute(request.headers, identity, None),
+            provider=file.provider,
+            requested_model=file.model,
         )
+        try:  # its cost is known only when its results are metered: refused only once a budget is spent
+            await self.gateway.guard.refuse_if_spent(spender_of(call), call.operation, file.model)
+        except Refused as exc:
+            refused = self.gateway.failed(call, exc.error, "budget_blocked", retry_after_s(exc.error.headers))
+            self.gateway.recorder.finish(call)
+            return refused.response
         provider = self.gateway.providers[file.provider]
         status, answer, headers = await self._upstream(request, provider, "POST", "/batches", body=raw)
         batch = _json_object(answer) if status < 300 else None
@@ -269,6 +280,8 @@ class BatchGateway:
                 log.warning("batch %s: results not metered yet: %s", batch_id, exc)
             else:
                 log.exception("batch %s: metering its results failed", batch_id)
+        else:
+            await self.gateway.guard.charge(events)
 
     async def _poll_forever(self) -> None:
         while True:
