@@ -334,7 +334,7 @@ def run_passthrough(port: int, upstream_url: str) -> None:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop, backlog=1024)  # as serve
 
 
 def passthrough_latency(
