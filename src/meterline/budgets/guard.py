@@ -273,8 +273,7 @@ class SpendGuard:
         A call that `spends` nothing (a cache hit) meets no budget; it still counts as a request
         towards rate limits and as a step of its agent run (loop detection included).
         """
-        if self.budget_store.changed():
-            await self.refresh()
+        await self._reload_if_changed()
         identity = call.identity
         if not self._anything and identity.rpm_limit is None and identity.tpm_limit is None:
             return None
@@ -313,7 +312,8 @@ class SpendGuard:
     async def refuse_if_spent(self, spender: Spender, operation: str, model: str) -> None:
         """Raise `Refused` when a `throttle` or `block` budget of this spender and model is already
         spent; for work whose cost is known only later (a batch), so nothing is reserved."""
-        if not await self._any_budget():
+        await self._reload_if_changed()
+        if not self._index.budgets:
             return
         now = time.time()
         no_downgrades = {budget.name for budget, _ in self._sourced}  # a batch runs the model its file names
@@ -335,28 +335,36 @@ class SpendGuard:
         Nothing is refused, since the money is spent: each event is counted on its budgets' counters
         as a request with its cost and tokens, and a threshold it crosses alerts as for any call.
         """
-        if not await self._any_budget():
+        await self._reload_if_changed()
+        if not self._index.budgets:
             return
         now = time.time()
+        charged = []
         for event in events:
             spender = (event.key_id, event.team, event.app, event.user, event.feature)
             charges, lines = self._budget_charges(
                 spender, event.operation, event.requested_model, set(), _minute(now), now
             )
-            if not lines:
-                continue
-            try:  # a request on each counter, limits aside, so that settling adds what it spent
-                await self.counters.reserve([Line(line.key, line.ttl_s) for line in lines], 0.0, 0, now)
-            except CountersUnavailable as exc:
-                self._unavailable(exc)
-                return
+            if lines:
+                charged.append((event, charges, lines))
+        try:  # a request on each counter, limits aside, so that settling adds what it spent; at once,
+            # so that Redis counters take them in a few script calls rather than one per result
+            await asyncio.gather(
+                *(
+                    self.counters.reserve([Line(line.key, line.ttl_s) for line in lines], 0.0, 0, now)
+                    for *_, lines in charged
+                )
+            )
+        except CountersUnavailable as exc:
+            self._unavailable(exc)
+            return
+        for event, charges, lines in charged:
             self.settle(Admission(lines, charges, (0.0, 0), None), [event])
 
-    async def _any_budget(self) -> bool:
-        """Whether any budget is configured, after reloading them if the control database changed."""
+    async def _reload_if_changed(self) -> None:
+        """Reload the budgets if the control database changed since the last look."""
         if self.budget_store.changed():
             await self.refresh()
-        return bool(self._index.budgets)
 
     def _charges(
         self, call: Call, model: str, downgraded: set[str], prompt: _Prompt, now: float, spends: bool
@@ -589,8 +597,7 @@ class SpendGuard:
 
     async def listing(self) -> list[dict[str, Any]]:
         """Every budget (config and run-time) with its current period's spend; raises `CountersUnavailable`."""
-        if self.budget_store.changed():
-            await self.refresh()
+        await self._reload_if_changed()
         now = time.time()
         keys = [
             budget_key(self.prefix, budget, self.clock.bounds(budget.period, now)[0]) for budget, _ in self._sourced
