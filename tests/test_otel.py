@@ -24,6 +24,7 @@ import httpx
 import msgspec
 import pytest
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -38,6 +39,7 @@ from meterline.otel import names
 from meterline.otel.export import OtlpExporter
 from meterline.otel.spans import request_parameters
 from tests.conftest import MASTER_KEY, GatewayService
+from tests.test_gateway_batches import finished, start_batch
 
 INGEST = "otel: {ingest: {enabled: true}}"
 APP = Path(__file__).with_name("otel_app.py")
@@ -593,3 +595,46 @@ def test_a_killed_ingest_process_is_replaced(make_gateway) -> None:  # type: ign
     first = httpx.post(url, json=empty, headers=gateway.headers(), timeout=60)
     assert first.status_code == 503 and "restarted" in first.json()["message"]
     assert httpx.post(url, json=empty, headers=gateway.headers(), timeout=60).status_code == 200
+
+
+def test_batch_results_count_in_prometheus_and_exported_metrics_but_make_no_spans(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    sink = OtlpSink()
+    exporting = f"endpoint: {sink.url}, batch_delay_ms: 50, metrics_interval_s: 0.2"
+    only_on_retrieve = "batches: {poll_interval_s: 3600}"
+    gateway = make_gateway(extra=f"otel: {{export: {{enabled: true, {exporting}}}}}\n{only_on_retrieve}")
+    client = gateway.openai()
+    batch = finished(client, start_batch(client, "gpt-4o-mini", ["one", "two", "three"]).id)
+    events = gateway.events(expected=3, batch_id=batch.id)
+    assert len(events) == 3
+    cost = sum(event["cost_usd"] for event in events)
+    input_tokens = sum(event["input_tokens"] for event in events)
+
+    samples = metric_samples(gateway)  # the counters move when the results are spooled
+    assert total(samples, "meterline_requests_total", model="gpt-4o-mini", operation="chat") == 3
+    assert total(samples, "meterline_attempts_total", error_class="none") == 3
+    assert total(samples, "meterline_tokens_total", type="input") == input_tokens
+    assert total(samples, "meterline_cost_usd_total") == pytest.approx(cost, rel=1e-9)
+
+    def exported() -> dict[str, Any]:
+        """The latest OTLP export's data points (cumulative), by metric name."""
+        points: dict[str, Any] = {}
+        for body in sink.received["/v1/metrics"]:
+            for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics:
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        kind = metric.WhichOneof("data")
+                        points[metric.name] = list(getattr(metric, kind).data_points)
+        return points
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and names.METRIC_COST not in exported():
+        time.sleep(0.1)
+    points = exported()
+    assert sum(point.as_double for point in points[names.METRIC_COST]) == pytest.approx(cost, rel=1e-9)
+    token_points = {
+        {pair.key: pair.value.string_value for pair in point.attributes}[names.TOKEN_TYPE]: point
+        for point in points[names.METRIC_TOKEN_USAGE]
+    }
+    assert (token_points["input"].count, token_points["input"].sum) == (3, input_tokens)
+    assert names.METRIC_OPERATION_DURATION not in points, "no client waited on a batch's result"
+    assert sink.spans() == [], "the gateway timed no call, so there is no span"

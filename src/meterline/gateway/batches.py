@@ -22,7 +22,8 @@ downloaded in the background and each result becomes a usage event (`batch_event
 to the spool, once: the registry's lease keeps two workers from metering the same batch at
 once, and deterministic event ids let the store drop what a crash made it meter twice.
 Their cost and tokens are then added to the budgets they fall under (`SpendGuard.charge`), so the
-next call of an overspent team is refused. Batch events are not exported as spans.
+next call of an overspent team is refused, and they count in `/metrics` and the exported GenAI
+metrics (not as spans: the gateway did not time them).
 """
 
 from __future__ import annotations
@@ -268,8 +269,7 @@ class BatchGateway:
             events, unreadable = await asyncio.to_thread(
                 result_events, record, batch, lines, provider, self.gateway.recorder.price_table
             )
-            for event in events:
-                self.gateway.recorder.spool.append(event)
+            self.gateway.recorder.record_results(events)
             registry.metered(batch_id, len(events))
             log.info("batch %s (%s): %d result(s) metered", batch_id, record.status, len(events))
             if unreadable:

@@ -143,6 +143,10 @@ class CallObserver(Protocol):
 
     def call_finished(self, call: CallContext) -> None: ...
 
+    def results_recorded(self, events: Sequence[UsageEvent]) -> None:
+        """Told of usage metered off the request path (a finished batch's results): each event is
+        a request of its own, made upstream without the gateway timing it."""
+
 
 class Recorder:
     def __init__(self, price_table: PriceTable, spool: SpoolWriter, observers: Sequence[CallObserver] = ()) -> None:
@@ -155,6 +159,14 @@ class Recorder:
         if call.events:
             for observer in self.observers:
                 observer.call_finished(call)
+
+    def record_results(self, events: Sequence[UsageEvent]) -> None:
+        """Record usage metered off the request path (a finished batch's results): spool the events,
+        then tell the observers."""
+        for event in events:
+            self.spool.append(event)
+        for observer in self.observers:
+            observer.results_recorded(events)
 
     def record(self, call: CallContext, outcome: Outcome) -> UsageEvent:
         """Record the outcome of the call's attempt under way (a refusal before any attempt is attempt 1)."""

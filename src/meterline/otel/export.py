@@ -1,11 +1,12 @@
 """OTLP/HTTP export of finished gateway calls: GenAI spans (sampled) and GenAI metrics (complete).
 
 `OtlpExporter.export` turns one finished call into spans (`meterline.otel.spans`) and metric
-recordings; the official SDK's `BatchSpanProcessor` and `PeriodicExportingMetricReader` batch
-them and send them with the OTLP/HTTP protobuf exporters on threads of their own. The gateway
-runs it in a process of its own (`meterline.otel.pipeline`), because the SDK spends a few
-hundred microseconds of CPU per call. Span sampling is the SDK's trace-id ratio rule, so a trace is kept or
-dropped whole; metrics are recorded for every attempt.
+recordings, and a finished batch's results into token and cost recordings only; the official
+SDK's `BatchSpanProcessor` and `PeriodicExportingMetricReader` batch them and send them with
+the OTLP/HTTP protobuf exporters on threads of their own. The gateway runs it in a process of
+its own (`meterline.otel.pipeline`), because the SDK spends a few hundred microseconds of CPU
+per call. Span sampling is the SDK's trace-id ratio rule, so a trace is kept or dropped whole;
+metrics are recorded for every attempt.
 
 Metric attributes are low-cardinality only: operation, provider, request and response model,
 token type, error type, feature and team — never users, keys or request ids.
@@ -109,7 +110,8 @@ class OtlpExporter:
     def export(
         self, events: list[UsageEvent], parameters: Mapping[str, Any], content: Mapping[str, str] | None = None
     ) -> None:
-        """Record one finished call's metrics and, if its trace is sampled, its spans.
+        """Record one finished call's metrics and, if its trace is sampled, its spans; or the metrics
+        of a finished batch's results (events with a `batch_id`), which have no spans.
 
         `parameters` are the call's `gen_ai.request.*` attributes (`spans.request_parameters`);
         `content` its prompt and answer (`content.content_attributes`), when they are exported.
@@ -117,6 +119,8 @@ class OtlpExporter:
         for event in events:
             self.record_metrics(event)
         first = events[0]
+        if first.batch_id is not None:  # a finished batch's results: counted, but the gateway timed no call
+            return
         name = f"{first.operation} {first.requested_model}"
         if self.sampler.should_sample(None, trace_id_of(first), name).decision.is_sampled():
             server, system = self.servers.get(first.provider), self.systems.get(first.provider, first.provider)
@@ -137,7 +141,8 @@ class OtlpExporter:
             attributes["meterline.team"] = event.team
         if event.error_class != "none":
             attributes[names.ERROR_TYPE[0]] = event.error_class
-        self.duration.record(event.duration_ms / 1000, attributes)
+        if event.batch_id is None:  # a batch's result was not a client operation anybody waited for
+            self.duration.record(event.duration_ms / 1000, attributes)
         if event.ttft_ms is not None and event.streaming:
             self.time_to_first_chunk.record(event.ttft_ms / 1000, attributes)
         if event.error_class == "none" or event.input_tokens or event.output_tokens:

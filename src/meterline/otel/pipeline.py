@@ -2,13 +2,14 @@
 
 Building and encoding spans and recording metrics with the OTel SDK costs a few hundred
 microseconds of CPU per call, and in a thread it would compete with the event loop for the GIL.
-So `ExportPipeline`, the gateway's `CallObserver`, only puts each finished call on a bounded
-queue (a full queue drops the call from export and counts it; its event is in the spool
-regardless). A sender thread, waking every 50 ms, takes calls off the queue in batches, reduces each to its events,
-request parameters and (only with `capture_content`) its prompt and answer, encodes the batch
-as JSON and writes it to a pipe. A child process (`run_exporter`) decodes the batches and
-hands every call to `OtlpExporter`. It runs as background work (`meterline.background`): on a
-busy host it yields the CPU to the processes that serve requests and catches up when they idle.
+So `ExportPipeline`, the gateway's `CallObserver`, only puts each finished call (or a finished
+batch's results, together) on a bounded queue (a full queue drops the call from export and
+counts it; its event is in the spool regardless). A sender thread, waking every 50 ms, takes
+calls off the queue in batches, reduces each to its events, request parameters and (only with
+`capture_content`) its prompt and answer, encodes the batch as JSON and writes it to a pipe. A
+child process (`run_exporter`) decodes the batches and hands every call to `OtlpExporter`. It
+runs as background work (`meterline.background`): on a busy host it yields the CPU to the
+processes that serve requests and catches up when they idle.
 
 On shutdown the sender sends what is queued and an empty batch; the child then flushes the SDK
 and exits. A child whose parent died sees the pipe close and exits the same way. The child
@@ -24,7 +25,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -87,6 +88,14 @@ class ExportPipeline:
             self.queue.put_nowait((call.events, call.body, call.output_text))
         except queue.Full:
             self.dropped += 1
+
+    def results_recorded(self, events: Sequence[UsageEvent]) -> None:
+        """A finished batch's results travel as one item; the exporter records their metrics only."""
+        if events:
+            try:
+                self.queue.put_nowait((list(events), {}, None))
+            except queue.Full:
+                self.dropped += 1
 
     def stop(self) -> None:
         """Send what is queued, let the exporter flush, and wait for it (blocking; call off the loop)."""

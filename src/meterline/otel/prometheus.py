@@ -1,7 +1,8 @@
 """`GET /metrics`: meterline's own health and traffic in the Prometheus text format.
 
-Counters are updated when a gateway call finishes (`call_finished`, a few dictionary lookups)
-and when OTLP ingest handles a request; gauges (spool depth, store lag, export queue) are read
+Counters are updated when a gateway call finishes (`call_finished`, a few dictionary lookups),
+when a finished batch's results are metered (each result a request), and when OTLP ingest
+handles a request; gauges (spool depth, store lag, export queue) are read
 at scrape time. Every name starts with `meterline_`; labels are low-cardinality (provider,
 model, operation, error class, token type), never users or request ids.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from meterline.events.loader import SpoolLoader
+from meterline.events.schema import UsageEvent
 from meterline.gateway.auth import api_key_from_headers
 from meterline.gateway.metering import CallContext
 
@@ -93,27 +95,35 @@ class GatewayMetrics:
         first = events[0]
         self._series(first.provider, first.requested_model, first.operation).requests.inc()
         for event in events:
-            model = event.served_model or event.requested_model
-            series = self._series(event.provider, model, event.operation)
-            if event.error_class == "none":
-                series.succeeded.inc()
-            else:
-                self.attempts.labels(event.provider, model, event.operation, event.error_class).inc()
-                self.errors.labels(event.error_class).inc()
-                if event.error_class == "budget_blocked":
-                    self.budget_blocked.inc()
-            for token_type, field in TOKEN_TYPES.items():
-                count = getattr(event, field)
-                if count:
-                    series.tokens[token_type].inc(count)
-            if event.cost_usd is not None:
-                series.cost.inc(event.cost_usd)
-            elif event.error_class == "none":
-                series.unpriced.inc()
-            if event.cache_status.startswith("hit"):
-                self.cache_hits.labels(model).inc()
-                if event.saved_usd:
-                    self.cache_saved.labels(model).inc(event.saved_usd)
+            self._count_attempt(event)
+
+    def results_recorded(self, events: Sequence[UsageEvent]) -> None:
+        for event in events:
+            self._series(event.provider, event.requested_model, event.operation).requests.inc()
+            self._count_attempt(event)
+
+    def _count_attempt(self, event: UsageEvent) -> None:
+        model = event.served_model or event.requested_model
+        series = self._series(event.provider, model, event.operation)
+        if event.error_class == "none":
+            series.succeeded.inc()
+        else:
+            self.attempts.labels(event.provider, model, event.operation, event.error_class).inc()
+            self.errors.labels(event.error_class).inc()
+            if event.error_class == "budget_blocked":
+                self.budget_blocked.inc()
+        for token_type, field in TOKEN_TYPES.items():
+            count = getattr(event, field)
+            if count:
+                series.tokens[token_type].inc(count)
+        if event.cost_usd is not None:
+            series.cost.inc(event.cost_usd)
+        elif event.error_class == "none":
+            series.unpriced.inc()
+        if event.cache_status.startswith("hit"):
+            self.cache_hits.labels(model).inc()
+            if event.saved_usd:
+                self.cache_saved.labels(model).inc(event.saved_usd)
 
     def _series(self, provider: str, model: str, operation: str) -> _Series:
         """The counters of one (provider, model, operation), looked up once: `labels()` costs microseconds."""

@@ -10,7 +10,9 @@ on the event loop's thread.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
+from meterline.events.schema import UsageEvent
 from meterline.gateway.metering import CallContext
 
 DEFAULT_CAPACITY = 50_000
@@ -38,6 +40,9 @@ class RecentGatewayCalls:
                 del self._span_ids[trace]
             if response_id:
                 self._response_ids.discard(response_id)
+
+    def results_recorded(self, events: Sequence[UsageEvent]) -> None:
+        """Nothing to remember: a batch's results are not calls an app exports spans of."""
 
     def span_ids(self, trace_id: str) -> set[str]:
         """Span and parent span ids of recent gateway attempts in the trace."""
