@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from meterline.config import parse_config
 from meterline.server import build_app
-from tests.conftest import MASTER_KEY, GatewayService, Service, free_port, gateway_config
+from tests.conftest import MASTER_KEY, TEST_REDIS_URL, GatewayService, Service, free_port, gateway_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHAT = {"messages": [{"role": "user", "content": "hello there"}]}
@@ -420,6 +421,35 @@ def test_a_circuit_opens_skips_its_model_and_recovers(
     reply = chat(gateway, "breaker-a")
     assert reply.status_code == 200 and reply.json()["model"] == "gpt-4o"
     assert health(gateway)["breaker-a"]["state"] == "closed"
+
+
+def test_a_breaker_opened_by_one_gateway_process_is_open_in_another(
+    make_gateway, new_redis_prefix, mock_provider: Service, mock_requests
+) -> None:  # type: ignore[no-untyped-def]
+    shared = f"""
+resilience:
+  breaker: {{failures: 2, cooldown_s: 120, redis_url: "{TEST_REDIS_URL}", key_prefix: "{new_redis_prefix()}"}}
+"""
+    pair = """
+  - {name: shared-a, provider: openai, upstream_model: gpt-4o, fallbacks: [shared-b]}
+  - {name: shared-b, provider: openai, upstream_model: gpt-4o-mini}
+"""
+    one, two = (make_gateway(extra=shared, extra_models=pair) for _ in range(2))
+    for _ in range(2):  # shared-a fails twice in the first process (its fallback answers); its breaker opens
+        assert chat(one, "shared-a", **faults("server_error", models="gpt-4o")).status_code == 200
+    assert health(one)["shared-a"]["state"] == "open"
+    deadline = time.monotonic() + 10
+    while health(two)["shared-a"]["state"] != "open":
+        assert time.monotonic() < deadline, "the second process did not hear of the opening"
+        time.sleep(0.05)
+    assert health(one)["shared-a"]["cause"] == "2 failures within 60 s"
+    assert health(two)["shared-a"]["cause"] == "2 failures within 60 s in another gateway process"
+    retry_at = [datetime.fromisoformat(health(service)["shared-a"]["retry_at"]) for service in (one, two)]
+    assert abs(retry_at[1] - retry_at[0]) < timedelta(seconds=1), "the same cool-down in both"
+    httpx.delete(mock_provider.url + "/_mock/requests")
+    reply = chat(two, "shared-a")  # skipped there too, though it never failed there: straight to shared-b
+    assert reply.status_code == 200 and reply.json()["model"] == "gpt-4o-mini"
+    assert upstream_models(mock_requests()) == ["gpt-4o-mini"]
 
 
 def test_provider_health_needs_a_reading_key(gateway: GatewayService) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from meterline.config import BackoffConfig, BreakerConfig, ConfigError, parse_config
-from meterline.gateway.breaker import Breaker
+from meterline.gateway.breaker import Breaker, BreakerBoard
+from meterline.gateway.breaker_sync import BreakerSync
+from meterline.gateway.clock import SystemClock
 from meterline.gateway.keys import KeySpec, KeyStore
 from meterline.gateway.retries import (
     RetriesHeaderInvalid,
@@ -23,6 +27,7 @@ from meterline.gateway.retries import (
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import build_provider, classify_upstream_error
 from meterline.store.control import ControlDB
+from tests.conftest import TEST_REDIS_URL
 
 PROVIDERS = """
 providers:
@@ -94,6 +99,61 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     assert breaker.allows(23)
     breaker.record("bad_request", "the provider answered", 23)
     assert breaker.state == "closed" and breaker.snapshot(23)["recent_failures"] == 0
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the change did not arrive"
+        await asyncio.sleep(0.01)
+
+
+def test_breakers_open_and_close_in_every_process_sharing_a_redis(new_redis_prefix) -> None:  # type: ignore[no-untyped-def]
+    prefix = new_redis_prefix()
+    settings = BreakerConfig(failures=2, window_s=60, cooldown_s=30, redis_url=TEST_REDIS_URL, key_prefix=prefix)
+    models = [("o", "m"), ("o", "other")]
+    clock = SystemClock()
+
+    async def process() -> tuple[BreakerBoard, BreakerSync]:
+        board = BreakerBoard(settings, models, clock)
+        sync = BreakerSync(board, TEST_REDIS_URL, prefix)
+        await sync.start()
+        return board, sync
+
+    async def scenario() -> None:
+        (board_one, sync_one), (board_two, sync_two) = await process(), await process()
+        one, two = board_one.get("o", "m"), board_two.get("o", "m")
+        assert one is not None and two is not None
+        await asyncio.sleep(0.1)  # both are listening
+        one.record("server_error", "boom", clock.now())
+        one.record("server_error", "boom", clock.now())
+        assert one.state == "open"
+        await until(lambda: two.state == "open")
+        assert not two.allows(clock.now()), "two skips the model without a failure of its own"
+        assert two.retry_at == pytest.approx(one.retry_at, abs=0.5)
+        assert "2 failures within 60 s in another gateway process" in two.describe(clock.now())
+        assert "(last: server_error: boom)" in two.describe(clock.now())
+        assert one.cause == "2 failures within 60 s", "a process does not adopt its own change"
+        assert board_two.get("o", "other").state == "closed"  # type: ignore[union-attr]
+
+        board_three, sync_three = await process()  # started while the breaker is open: reads the hash
+        three = board_three.get("o", "m")
+        assert three is not None
+        await until(lambda: three.state == "open")
+
+        two.record("none", None, clock.now())  # a call two let through succeeds: closed everywhere
+        assert two.state == "closed"
+        await until(lambda: one.state == "closed" and three.state == "closed")
+        assert one.allows(clock.now()) and not one.failures
+        for sync in (sync_one, sync_two, sync_three):
+            await sync.stop()
+
+        board_four, sync_four = await process()  # nothing open any more: nothing adopted
+        await asyncio.sleep(0.2)
+        assert board_four.get("o", "m").state == "closed"  # type: ignore[union-attr]
+        await sync_four.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_control_database_from_before_max_retries_gets_the_column(tmp_path: Path) -> None:

@@ -427,6 +427,10 @@ class BreakerConfig(_Section):
     )
     window_s: float = Field(60, gt=0)
     cooldown_s: float = Field(30, gt=0, description="how long an open breaker skips its model before one probe")
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db to share breakers' openings and closings between workers and replicas"
+    )
+    key_prefix: str = Field("meterline:breaker:", description="prefix of the Redis keys and channel breakers use")
 
 
 class ResilienceConfig(_Section):

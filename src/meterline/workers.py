@@ -4,7 +4,8 @@ Each worker is a full `meterline serve` process bound to the port with SO_REUSEP
 kernel spreads connections over them and a CPU-bound event loop is no longer the ceiling.
 Worker 0 owns the event store and serves the API and dashboard (the others forward those to
 its internal port); all workers append to the shared spool folder, which worker 0 loads.
-Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`).
+Budgets, quotas and rate limits are shared only through Redis (`budgets.backend: redis`), and
+so are circuit breakers' openings and closings (`resilience.breaker.redis_url`).
 Prometheus counters are shared through files in a temporary folder the supervisor makes
 (`PROMETHEUS_MULTIPROC_DIR`), so `/metrics` answers for all workers together.
 

@@ -7,7 +7,9 @@ for `cooldown_s`. After the cool-down it is half-open: exactly one call goes thr
 probe; its success closes the breaker, its failure opens it for another cool-down. Any
 answer that is not a failure (including a 400: the provider did answer) counts as a success.
 
-Breakers live in the process's memory; under `serve --workers N` each worker keeps its own.
+Breakers live in the process's memory; under `serve --workers N` each worker keeps its own,
+unless `breaker.redis_url` is set: then a breaker that opens or closes in one process does so in
+all of them (`meterline.gateway.breaker_sync`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,6 +46,8 @@ class Breaker:
     last_error: str | None = None
     cause: str = ""
     """Why it opened last: the failures that opened it, or a failed probe."""
+    on_change: Callable[[Breaker], None] | None = field(default=None, repr=False)
+    """Told when this process's own calls open or close the breaker (not when it `adopt`s a change)."""
 
     def __post_init__(self) -> None:
         self.failures: deque[float] = deque()
@@ -67,8 +72,11 @@ class Breaker:
             self.probing = False
             return
         if error_class not in FAILURES:
+            was = self.state
             self.state, self.probing, self.opened_at, self.retry_at = "closed", False, None, None
             self.failures.clear()
+            if was != "closed" and self.on_change is not None:
+                self.on_change(self)
             return
         self.last_error = f"{error_class}: {error_message}" if error_message else error_class
         if self.state == "half_open":
@@ -84,6 +92,17 @@ class Breaker:
         self.state, self.probing, self.cause = "open", False, cause
         self.opened_at, self.retry_at = now, now + self.settings.cooldown_s
         self.failures.clear()
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def adopt(self, opened_at: float | None, retry_at: float | None, cause: str, last_error: str | None) -> None:
+        """Take on what another gateway process decided: open from `opened_at` until `retry_at`, or
+        (both None) closed. Failures counted here so far are dropped, as after a local change."""
+        self.state = "closed" if retry_at is None else "open"
+        self.opened_at, self.retry_at, self.probing = opened_at, retry_at, False
+        self.failures.clear()
+        if retry_at is not None:
+            self.cause, self.last_error = cause, last_error
 
     def describe(self, now: float) -> str:
         """What a refused client is told: which breaker is open, why, and when it lets a call through."""
@@ -111,6 +130,7 @@ class Breaker:
             "cooldown_s": self.settings.cooldown_s,
             "opened_at": None if self.opened_at is None else _iso(_wall(self.opened_at, now)),
             "retry_at": None if self.retry_at is None else _iso(_wall(self.retry_at, now)),
+            "cause": None if self.state == "closed" else self.cause,
             "last_error": self.last_error,
         }
 

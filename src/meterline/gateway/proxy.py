@@ -40,6 +40,7 @@ from meterline.gateway.attribution import (
 )
 from meterline.gateway.auth import Authenticator, Identity, api_key_from_headers
 from meterline.gateway.breaker import Breaker, BreakerBoard
+from meterline.gateway.breaker_sync import BreakerSync
 from meterline.gateway.caching import GatewayCache
 from meterline.gateway.clock import Clock, SystemClock
 from meterline.gateway.keys import model_allowed
@@ -164,6 +165,12 @@ class Gateway:
         self.breakers = BreakerBoard(
             config.resilience.breaker, [(model.provider, model.name) for model in config.models], self.clock
         )
+        shared = config.resilience.breaker.redis_url
+        self.breaker_sync = (
+            BreakerSync(self.breakers, shared, config.resilience.breaker.key_prefix)
+            if shared and self.breakers.enabled
+            else None
+        )
         self.cache = cache
         self.session: aiohttp.ClientSession | None = None
         self.keep_output_text = config.otel.export.enabled and config.otel.export.capture_content
@@ -193,8 +200,12 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
         )
+        if self.breaker_sync is not None:
+            await self.breaker_sync.start()
 
     async def stop(self) -> None:
+        if self.breaker_sync is not None:
+            await self.breaker_sync.stop()
         if self.session is not None:
             await self.session.close()
 

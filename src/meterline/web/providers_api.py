@@ -2,9 +2,10 @@
 
 Answers `{"breakers_enabled": bool, "data": [...]}`, one row per (provider, model) with its
 state (`closed`, `open`, `half_open`), recent failures against the threshold, the window and
-cool-down, when it opened and when it lets a probe through, and its last failure. Any key that
-may read data may ask (the master key or a `read:team` key). Breakers live in each gateway
-process; under `serve --workers N` this shows worker 0's.
+cool-down, when it opened, why (`cause`, while not closed) and when it lets a probe through,
+and its last failure. Any key that may read data may ask (the master key or a `read:team` key).
+Breakers live in each gateway process; under `serve --workers N` this shows worker 0's, which
+are every worker's when `breaker.redis_url` shares their openings and closings.
 """
 
 from __future__ import annotations

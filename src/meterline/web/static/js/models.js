@@ -96,6 +96,7 @@ load("provider-health", async (box) => {
     { label: "Recent failures", value: (row) => `${row.recent_failures} of ${row.failure_threshold}`, numeric: true },
     { label: "Opened", value: "opened_at", format: time },
     { label: "Probe at", value: "retry_at", format: time },
+    { label: "Opened after", value: (row) => row.cause ?? "" },
     { label: "Last failure", value: "last_error" },
   ];
   table(box, columns, health.data);
