@@ -27,6 +27,7 @@ from meterline.config import ConfigError, ModelConfig, StoreConfig, load_config
 from meterline.events.loader import SpoolLoader
 from meterline.events.schema import UsageEvent, encode_event, events_to_arrow
 from meterline.events.spool import SpoolWriter
+from meterline.otel.ingest import IngestedSpan, found_in_store
 from meterline.pricing.table import PriceTable
 from meterline.store.base import EventQuery, StoreUnavailable, store_for
 from meterline.store.clickhouse import MIGRATIONS, ClickHouseStore
@@ -382,6 +383,47 @@ def sort_rows(value: Any) -> Any:
     if isinstance(value, list):
         return sorted(value, key=lambda row: [(item is None, str(item)) for item in row.values()])
     return value
+
+
+def test_ingest_finds_the_gateways_events_alike_in_both_stores(clickhouse: ClickHouseStore, tmp_path: Path) -> None:
+    trace, other_trace = "ab" * 16, "cd" * 16
+
+    def event(event_id: str, **ids: Any) -> UsageEvent:
+        return UsageEvent(
+            event_id=event_id,
+            request_id=event_id,
+            started_at=START,
+            ended_at=START + timedelta(seconds=1),
+            duration_ms=1000.0,
+            operation="chat",
+            provider="openai",
+            requested_model="gpt-4o-mini",
+            status_code=200,
+            **ids,
+        )
+
+    stored = [
+        event("gw-1", trace_id=trace, span_id="1111111111111111", parent_span_id="aaaaaaaaaaaaaaaa"),
+        event("gw-2", trace_id=other_trace, span_id="2222222222222222", response_id="chatcmpl-shared"),
+        event("app-1", trace_id=trace, span_id="3333333333333333", source="otlp"),  # not the gateway's
+    ]
+    spans = [
+        # the app's span whose HTTP child span is the gateway's parent: the same call
+        IngestedSpan(event("in-1", trace_id=trace), related_span_ids={"9999999999999999", "aaaaaaaaaaaaaaaa"}),
+        # another trace, but the same provider response id: the same call
+        IngestedSpan(event("in-2", trace_id="ef" * 16, response_id="chatcmpl-shared")),
+        # in the gateway's trace, related to no gateway span: a call of its own
+        IngestedSpan(event("in-3", trace_id=trace), related_span_ids={"3333333333333333"}),
+        # a response id the gateway never saw, an hour later: a call of its own
+        IngestedSpan(event("in-4", response_id="chatcmpl-other")),
+    ]
+    spans[3].event.started_at += timedelta(hours=1)
+    duck = DuckDBStore(StoreConfig(path=tmp_path / "m.duckdb"))
+    duck.open()
+    for store in (duck, clickhouse):
+        store.insert_events(events_to_arrow(stored))
+        assert found_in_store(store, spans) == {"in-1", "in-2"}, store
+    duck.close()
 
 
 def test_query_binds_values_as_literals_and_refuses_anything_but_a_select(clickhouse: ClickHouseStore) -> None:

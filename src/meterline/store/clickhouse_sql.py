@@ -13,7 +13,7 @@ more than syntax (each is checked against DuckDB's answer by tests/test_store_cl
   so NaNs become NULLs; a FILTER on them moves into the argument (`CASE WHEN c THEN x END`);
 - `map[key]` -> NULL when the key is absent (ClickHouse would answer the empty string);
 - `$name` parameters -> literals of the bound values, rendered by sqlglot (quoted and escaped,
-  never pasted as text); times as `DateTime64(6, 'UTC')`;
+  never pasted as text); times as `DateTime64(6, 'UTC')`, lists as array literals;
 - table names -> `database.name` (the events table, and the small Arrow tables a statement
   reads, which the store uploads as temporary tables under the names given).
 
@@ -122,6 +122,8 @@ def _literal(value: Any) -> exp.Expression:
         )
     if isinstance(value, str):
         return exp.Literal.string(value)
+    if isinstance(value, list | tuple):
+        return exp.Array(expressions=[_literal(item) for item in value])
     raise TypeError(f"cannot bind a {type(value).__name__} to a ClickHouse query")
 
 
