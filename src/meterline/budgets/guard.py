@@ -52,6 +52,7 @@ from meterline.budgets.rules import (
 from meterline.budgets.store import BudgetStore
 from meterline.config import BudgetConfig, Config
 from meterline.events.schema import UsageEvent
+from meterline.outages import OutageLog
 from meterline.pricing.table import PriceTable
 from meterline.providers.base import ApiError, Dialect, ProviderFamily
 from meterline.providers.estimate import estimate_tokens
@@ -61,7 +62,6 @@ log = logging.getLogger("meterline.budgets")
 
 GRACE_S = 3600
 """How long a period's counter outlives the period, for calls that started in it and settle later."""
-_UNAVAILABLE_LOG_INTERVAL_S = 10.0
 _MAX_REMEMBERED_RUN_NOTICES = 10_000
 _MAX_REMEMBERED = 10_000
 
@@ -208,7 +208,7 @@ class SpendGuard:
         self._run_noticed: set[tuple[str, str]] = set()
         self._refresh_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unavailable_logged_at = 0.0
+        self._outage = OutageLog(log, logging.ERROR)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -588,10 +588,7 @@ class SpendGuard:
         task.add_done_callback(self._tasks.discard)
 
     def _unavailable(self, exc: CountersUnavailable) -> None:
-        now = time.monotonic()
-        if now - self._unavailable_logged_at >= _UNAVAILABLE_LOG_INTERVAL_S:
-            self._unavailable_logged_at = now
-            log.error("budget counters unavailable, calls are admitted without budget checks: %s", exc)
+        self._outage.report("budget counters unavailable, calls are admitted without budget checks: %s", exc)
 
     # ---- listing ------------------------------------------------------------------------------
 

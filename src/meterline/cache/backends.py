@@ -19,10 +19,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meterline.cache.entries import CachedAnswer, decode_answer, encode_answer
+from meterline.outages import OutageLog
 
 log = logging.getLogger("meterline.cache")
-
-_LOG_INTERVAL_S = 10.0
 
 
 class Backend(Protocol):
@@ -88,7 +87,7 @@ class RedisLink:
     def __init__(self, url: str) -> None:
         self.url = url
         self._client: aioredis.Redis | None = None
-        self._logged_at = -_LOG_INTERVAL_S
+        self._outage = OutageLog(log)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -110,10 +109,7 @@ class RedisLink:
             self._client = None
 
     def unavailable(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._logged_at >= _LOG_INTERVAL_S:
-            self._logged_at = now
-            log.warning("the cache's Redis at %s does not answer (%s); calls go upstream uncached", self.url, exc)
+        self._outage.report("the cache's Redis at %s does not answer (%s); calls go upstream uncached", self.url, exc)
 
 
 class RedisBackend:

@@ -28,12 +28,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meterline.gateway.breaker import Breaker, BreakerBoard
+from meterline.outages import OutageLog
 
 log = logging.getLogger("meterline.gateway.breakers")
 
 RECONNECT_S = 1.0
 PUBLISH_TIMEOUT_S = 2.0
-_LOG_INTERVAL_S = 10.0
 _HASH_GRACE_S = 60
 """How long the hash of open breakers outlives the last opening's cool-down (then every entry is over)."""
 
@@ -49,7 +49,7 @@ class BreakerSync:
         self._client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         self._publishing: set[asyncio.Task[None]] = set()
-        self._logged_at = -_LOG_INTERVAL_S
+        self._outage = OutageLog(log)
         for breaker in board.breakers.values():
             breaker.on_change = self._changed
 
@@ -137,7 +137,4 @@ class BreakerSync:
             breaker.adopt(opened_at, now + retry_at - wall, cause, message.get("last_error"))
 
     def _unavailable(self, exc: BaseException) -> None:
-        moment = time.monotonic()
-        if moment - self._logged_at >= _LOG_INTERVAL_S:
-            self._logged_at = moment
-            log.warning("the breakers' Redis at %s does not answer (%s); breakers work per process", self.url, exc)
+        self._outage.report("the breakers' Redis at %s does not answer (%s); breakers work per process", self.url, exc)
