@@ -528,6 +528,18 @@ class OtlpSink:
             span for export in exports for rs in export.resource_spans for ss in rs.scope_spans for span in ss.spans
         ]
 
+    def metric_points(self) -> dict[str, list[Any]]:
+        """Each metric's data points in the latest export that has it (cumulative), by metric name."""
+        exports = [ExportMetricsServiceRequest.FromString(body) for body in self.received["/v1/metrics"]]
+        metrics = [
+            metric
+            for export in exports
+            for rm in export.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        ]
+        return {metric.name: list(getattr(metric, metric.WhichOneof("data")).data_points) for metric in metrics}
+
 
 def test_content_is_exported_only_when_enabled(make_gateway) -> None:  # type: ignore[no-untyped-def]
     sink = OtlpSink()
@@ -615,21 +627,10 @@ def test_batch_results_count_in_prometheus_and_exported_metrics_but_make_no_span
     assert total(samples, "meterline_tokens_total", type="input") == input_tokens
     assert total(samples, "meterline_cost_usd_total") == pytest.approx(cost, rel=1e-9)
 
-    def exported() -> dict[str, Any]:
-        """The latest OTLP export's data points (cumulative), by metric name."""
-        points: dict[str, Any] = {}
-        for body in sink.received["/v1/metrics"]:
-            for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics:
-                for sm in rm.scope_metrics:
-                    for metric in sm.metrics:
-                        kind = metric.WhichOneof("data")
-                        points[metric.name] = list(getattr(metric, kind).data_points)
-        return points
-
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and names.METRIC_COST not in exported():
+    while time.monotonic() < deadline and names.METRIC_COST not in sink.metric_points():
         time.sleep(0.1)
-    points = exported()
+    points = sink.metric_points()
     assert sum(point.as_double for point in points[names.METRIC_COST]) == pytest.approx(cost, rel=1e-9)
     token_points = {
         {pair.key: pair.value.string_value for pair in point.attributes}[names.TOKEN_TYPE]: point
